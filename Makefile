@@ -1,0 +1,57 @@
+# sensor-sd: two commands. `make run` starts the local stack, `make test` runs the tests.
+# Everything they need (Debian packages, the virtualenv) is installed on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SENSORS ?= 100
+APT_PACKAGES := prometheus prometheus-alertmanager wrk chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test test-quick deps venv system-deps bench bench-quick fuzz soak lint clean
+
+run: deps
+	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS)
+
+test: deps
+	$(PY) -m pytest -q
+
+test-quick: venv
+	$(PY) -m pytest -q -m "not integration"
+
+deps: venv system-deps
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,lint]'
+	touch $@
+
+# Installs the real Prometheus/Alertmanager (and wrk, chromium for tests) when missing.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+bench: deps
+	$(PY) bench/run.py
+
+bench-quick: deps
+	$(PY) bench/run.py --quick
+
+fuzz: venv
+	$(PY) -m pytest -q tests/fuzz -m slow -p no:cacheprovider --hypothesis-profile=long
+
+soak: deps
+	$(PY) tests/chaos/soak.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -1,0 +1,310 @@
+"""Settings: parsed once from environment and flags into a frozen object.
+
+Every variable of the contract has a `--flag`; flags win over the environment.
+Any bad value raises `ConfigError` naming the variable, the value and what is
+allowed, so the CLI can exit 2 before doing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sensor_sd.errors import ConfigError
+
+LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One inventory endpoint; `name` becomes the `source` label."""
+
+    name: str
+    url: str
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any user:password removed, safe to log and show."""
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str  # "" means all interfaces
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    sources: tuple[Source, ...]
+    update_interval: float = 30.0
+    targets_file: Path | None = Path("data/targets.json")
+    metrics_port: int = 9100
+    metrics_path: str = "/metrics"
+    target_labels: tuple[tuple[str, str], ...] = ()
+    listen_address: ListenAddress = ListenAddress("", 8080)
+    request_timeout: float = 5.0
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_drop_ratio: float = 0.5
+    drop_confirmations: int = 3
+    inventory_token_file: Path | None = None
+    inventory_ca_file: Path | None = None
+    web_config_file: Path | None = None
+    log_format: str = "json"
+    log_level: str = "info"
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials from a URL so it can be logged, shown or labelled."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed)
+
+
+def _float(minimum: float, maximum: float = math.inf, *, open_min: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        low = "> " if open_min else ">= "
+        allowed = f"a number {low}{minimum:g}" + (f" and <= {maximum:g}" if maximum != math.inf else "")
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not math.isfinite(value) or value > maximum or value < minimum or (open_min and value == minimum):
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _int(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        allowed = f"an integer from {minimum} to {maximum}"
+        t = text.strip()
+        if not t.isascii() or not t.isdigit():
+            raise ValueError(allowed)
+        value = int(t)
+        if not minimum <= value <= maximum:
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value == "warn":
+            value = "warning"
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _sources(text: str) -> tuple[Source, ...]:
+    allowed = "an http(s) URL, or name=url,name=url with names of letters, digits, _ . -"
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise ValueError(allowed)
+    sources: list[Source] = []
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = "", item
+        _check_url(url, allowed)
+        if not name:
+            name = urlsplit(url).hostname or ""
+        if not _SOURCE_NAME_RE.fullmatch(name):
+            raise ValueError(allowed)
+        if any(s.name == name for s in sources):
+            raise ValueError(f"distinct source names (duplicate {name!r})")
+        sources.append(Source(name, url))
+    return tuple(sources)
+
+
+def _check_url(url: str, allowed: str) -> None:
+    if _CONTROL_RE.search(url) or " " in url:
+        raise ValueError(allowed)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(allowed) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(allowed)
+
+
+def _targets_file(text: str) -> Path | None:
+    if not text:
+        return None
+    if "\x00" in text:
+        raise ValueError("a file path, or empty to disable the file")
+    return Path(text)
+
+
+def _metrics_path(text: str) -> str:
+    if not text.startswith("/") or _CONTROL_RE.search(text) or " " in text or "?" in text or "#" in text:
+        raise ValueError("an URL path starting with / without spaces, ? or #")
+    return text
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    allowed = "k=v,k=v with Prometheus label names ([a-zA-Z_][a-zA-Z0-9_]*, not __*, not source)"
+    if not text.strip():
+        return ()
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not LABEL_NAME_RE.fullmatch(key) or key.startswith("__") or key == "source":
+            raise ValueError(allowed)
+        if key in labels:
+            raise ValueError(f"distinct label names (duplicate {key!r})")
+        if _CONTROL_RE.search(value):
+            raise ValueError("label values without control characters")
+        labels[key] = value.strip()
+    return tuple(sorted(labels.items()))
+
+
+def _listen(text: str) -> ListenAddress:
+    allowed = "host:port or :port with a port from 1 to 65535 (IPv6 as [addr]:port)"
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        raise ValueError(allowed)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(allowed)
+    elif ":" in host or _CONTROL_RE.search(host) or " " in host:
+        raise ValueError(allowed)
+    try:
+        number = _int(1, 65535)(port)
+    except ValueError:
+        raise ValueError(allowed) from None
+    return ListenAddress(host, number)
+
+
+def _readable_file(check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
+    def parse(text: str) -> Path | None:
+        if not text:
+            return None
+        path = Path(text)
+        try:
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"a readable file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})") from None
+        if not data.strip():
+            raise ValueError("a non-empty file")
+        if check:
+            check(path)
+        return path
+
+    return parse
+
+
+def _check_ca(path: Path) -> None:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"a PEM CA bundle ({exc})") from None
+
+
+def _check_web_config(path: Path) -> None:
+    # Imported lazily: YAML and bcrypt are only needed when the file is set.
+    from sensor_sd.webconfig import load_web_config
+
+    load_web_config(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    env: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("INVENTORY_URL", "sources", _sources, "inventory URL, or name=url,name=url"),
+    _Option("UPDATE_INTERVAL", "update_interval", _float(0), "seconds between polls"),
+    _Option("TARGETS_FILE", "targets_file", _targets_file, "file_sd output file; empty disables it"),
+    _Option("METRICS_PORT", "metrics_port", _int(1, 65535), "sensors' port, added to hostnames without one"),
+    _Option("METRICS_PATH", "metrics_path", _metrics_path, "__metrics_path__ label"),
+    _Option("TARGET_LABELS", "target_labels", _labels, "extra labels k=v,k=v"),
+    _Option("LISTEN_ADDRESS", "listen_address", _listen, "the SD's own HTTP server"),
+    _Option("REQUEST_TIMEOUT", "request_timeout", _float(0), "seconds per inventory request"),
+    _Option("MAX_RESPONSE_BYTES", "max_response_bytes", _int(1, 2**40), "largest inventory body accepted"),
+    _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1, open_min=False), "share of targets a poll may remove at once"),
+    _Option("DROP_CONFIRMATIONS", "drop_confirmations", _int(1, 1000), "polls in a row that confirm a held drop"),
+    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(), "bearer token file"),
+    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(_check_ca), "CA bundle for the inventory"),
+    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(_check_web_config), "exporter-toolkit web config"),
+    _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
+    _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
+)
+
+DEFAULTS: Mapping[str, str] = {
+    "INVENTORY_URL": "http://inventory_server:1337/inventory",
+    "UPDATE_INTERVAL": "30",
+    "TARGETS_FILE": "./data/targets.json",
+    "METRICS_PORT": "9100",
+    "METRICS_PATH": "/metrics",
+    "TARGET_LABELS": "",
+    "LISTEN_ADDRESS": ":8080",
+    "REQUEST_TIMEOUT": "5",
+    "MAX_RESPONSE_BYTES": "67108864",
+    "MAX_DROP_RATIO": "0.5",
+    "DROP_CONFIRMATIONS": "3",
+    "INVENTORY_TOKEN_FILE": "",
+    "INVENTORY_CA_FILE": "",
+    "WEB_CONFIG_FILE": "",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "info",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--flag` per variable; unset flags stay None so the environment applies."""
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
+                            help=f"{opt.help} (env {opt.env}, default {DEFAULTS[opt.env]!r})")
+
+
+def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from flags (winning) over environment over defaults."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = flags.get(opt.field)
+        name = f"{opt.env} ({opt.flag})" if raw is not None else opt.env
+        if raw is None:
+            raw = environ.get(opt.env, DEFAULTS[opt.env])
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(name, raw, str(exc)) from None
+    return Settings(**values)

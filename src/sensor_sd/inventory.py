@@ -1,0 +1,125 @@
+"""Inventory source: one conditional, size-capped GET and the JSON body check.
+
+The body is streamed and the read stops as soon as it passes
+MAX_RESPONSE_BYTES, so a 600 MB answer costs at most the cap in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from sensor_sd import __version__
+from sensor_sd.config import Settings, Source
+from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
+
+USER_AGENT = f"sensor-sd/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """HTTP cache validators sent back as If-None-Match / If-Modified-Since."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A fetched body (None when the inventory answered 304 Not Modified)."""
+
+    body: bytes | None
+    validators: Validators
+
+
+def parse_body(body: bytes) -> list[object]:
+    """The body must be UTF-8 JSON whose top level is an array; entries are checked later."""
+    try:
+        data = orjson.loads(body)  # rejects invalid UTF-8 and invalid JSON as a whole
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise DecodeError(f"JSON is a {type(data).__name__}, not a list")
+    return data
+
+
+class Client:
+    """Fetches inventories over one shared connection pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._limit = settings.max_response_bytes
+        self._token_file: Path | None = settings.inventory_token_file
+        ssl_ctx: ssl.SSLContext | bool = True
+        if settings.inventory_ca_file:
+            ssl_ctx = ssl.create_default_context(cafile=str(settings.inventory_ca_file))
+        self._ssl = ssl_ctx
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=16, ttl_dns_cache=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=True
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self, validators: Validators) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if validators.etag:
+            headers["If-None-Match"] = validators.etag
+        if validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
+        if self._token_file is not None:
+            # Re-read on every request so a rotated token is picked up, as Prometheus does.
+            try:
+                token = self._token_file.read_text().strip()
+            except OSError as exc:
+                raise FetchError(f"cannot read INVENTORY_TOKEN_FILE: {exc.strerror}") from None
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def fetch(self, source: Source, validators: Validators) -> Response:
+        """GET the inventory; raises an InventoryError subclass for every failure."""
+        assert self._session is not None, "use `async with Client(...)`"
+        try:
+            async with self._session.get(source.url, headers=self._headers(validators), max_redirects=5) as resp:
+                if resp.status == 304:
+                    return Response(None, validators)
+                if not 200 <= resp.status < 300:
+                    raise StatusError(resp.status)
+                declared = resp.content_length
+                if declared is not None and declared > self._limit:
+                    raise BodyTooLarge(f"Content-Length {declared} exceeds MAX_RESPONSE_BYTES {self._limit}")
+                body = await self._read_capped(resp)
+                return Response(body, Validators(resp.headers.get("ETag"), resp.headers.get("Last-Modified")))
+        except InventoryError:
+            raise
+        except asyncio.TimeoutError:
+            raise FetchTimeout("no complete answer within REQUEST_TIMEOUT") from None
+        except aiohttp.TooManyRedirects:
+            raise FetchError("too many redirects") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise FetchError(_describe(exc)) from None
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            buf += chunk
+            if len(buf) > self._limit:
+                resp.close()  # drop the connection instead of draining the rest
+                raise BodyTooLarge(f"body exceeds MAX_RESPONSE_BYTES {self._limit}")
+        return bytes(buf)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:300]

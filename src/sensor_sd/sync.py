@@ -1,0 +1,322 @@
+"""The discoverer: one loop per source, one snapshot, published on every change.
+
+Each source keeps its own last-known-good group; a failed or held poll leaves
+that group untouched, so the snapshot (and with it the file and /targets)
+only ever changes to another good state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sensor_sd.config import Settings, Source
+from sensor_sd.errors import InventoryError, PublishError
+from sensor_sd.guard import DropGuard
+from sensor_sd.inventory import Client, Validators, parse_body
+from sensor_sd.log import event
+from sensor_sd.metrics import Metrics
+from sensor_sd.publish import FilePublisher
+from sensor_sd.targets import Snapshot, TargetGroup, Validated, group_labels, parse_file, validate
+
+RECENT_CHANGES = 20
+_LOG_NAMES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one poll of one source did."""
+
+    source: str
+    result: str  # success | unchanged | error | held
+    targets: int  # targets of the source after the poll
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    duration: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"source": self.source, "result": self.result, "targets": self.targets,
+                                  "added": len(self.added), "removed": len(self.removed)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    time: float
+    source: str
+    action: str  # "add" | "remove"
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """A read-only view of one source, for the status page and the CLI."""
+
+    name: str
+    url: str
+    targets: int | None
+    last_poll: float | None
+    last_result: str | None
+    last_success: float | None
+    last_error: str | None
+    guard_held: int | None  # size of the held list, None when the guard is idle
+    guard_seen: int
+
+
+class _SourceState:
+    """Mutable per-source state; private to the Discoverer, touched only from its event loop."""
+
+    def __init__(self, source: Source, guard: DropGuard) -> None:
+        self.source = source
+        self.guard = guard
+        self.group: TargetGroup | None = None
+        self.validators = Validators()
+        self.lock = asyncio.Lock()
+        self.last_poll: float | None = None
+        self.last_result: str | None = None
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.failures = 0
+
+
+def diff(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(added, removed) between two target lists, each sorted."""
+    if old == new:
+        return (), ()
+    before, after = set(old), set(new)
+    return tuple(sorted(after - before)), tuple(sorted(before - after))
+
+
+class Discoverer:
+    """Polls every source, applies the drop guard and publishes one snapshot."""
+
+    def __init__(self, settings: Settings, client: Client, metrics: Metrics, logger: logging.Logger,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._client = client
+        self._metrics = metrics
+        self._log = logger
+        self._clock = clock
+        self._file = FilePublisher(settings.targets_file) if settings.targets_file else None
+        self._states = {s.name: _SourceState(s, DropGuard(settings.max_drop_ratio, settings.drop_confirmations))
+                        for s in settings.sources}
+        self._labels = {s.name: group_labels(s.name, settings.metrics_path, settings.target_labels)
+                        for s in settings.sources}
+        self._snapshot: Snapshot | None = None
+        self._publish_lock = asyncio.Lock()
+        self._refresh: asyncio.Future[list[PollResult]] | None = None
+        self.changes: deque[Change] = deque(maxlen=RECENT_CHANGES)
+        metrics.update_interval.set(settings.update_interval)
+        for name in self._states:
+            metrics.init_source(name)
+
+    # --- read side -------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The published snapshot; None until a good poll or a loaded file."""
+        return self._snapshot
+
+    def status(self) -> tuple[SourceStatus, ...]:
+        return tuple(
+            SourceStatus(st.source.name, st.source.display_url, len(st.group.targets) if st.group else None,
+                         st.last_poll, st.last_result, st.last_success, st.last_error,
+                         len(st.guard.pending) if st.guard.pending is not None else None, st.guard.seen)
+            for st in self._states.values()
+        )
+
+    # --- start-up --------------------------------------------------------
+
+    def load_file(self) -> bool:
+        """Take an existing targets file as last known good; True when one was loaded."""
+        if self._file is None:
+            return False
+        try:
+            data = self._file.load()
+            if data is None:
+                return False
+            groups = parse_file(data)
+        except (PublishError, ValueError) as exc:
+            # A corrupt file is reported and left in place for a human to look at.
+            self._metrics.publish_errors.labels(output="file_load").inc()
+            event(self._log, logging.ERROR, "existing targets file unusable, not loaded",
+                  file=str(self._file.path), error=str(exc))
+            return False
+        loaded = 0
+        for group in groups:
+            st = self._states.get(group.source)
+            if st is not None and st.group is None:
+                st.group = TargetGroup(group.source, group.targets, self._labels[group.source])
+                self._metrics.targets.labels(source=group.source).set(len(group.targets))
+                loaded += len(group.targets)
+        self._snapshot = Snapshot.build(self._groups())
+        event(self._log, logging.INFO, "loaded targets file as last known good", file=str(self._file.path),
+              targets=loaded)
+        return True
+
+    # --- polling ---------------------------------------------------------
+
+    async def poll(self, name: str, *, force: bool = False) -> PollResult:
+        """Poll one source and update its last-known-good group (no publishing)."""
+        st = self._states[name]
+        async with st.lock:
+            return await self._poll_locked(st, force)
+
+    async def _poll_locked(self, st: _SourceState, force: bool) -> PollResult:
+        name = st.source.name
+        m = self._metrics
+        started = time.perf_counter()
+        st.last_poll = self._clock()
+        try:
+            response = await self._client.fetch(st.source, st.validators)
+            duration = time.perf_counter() - started
+            m.request_duration.labels(source=name).observe(duration)
+            if response.body is None:
+                validated = None
+            else:
+                validated = await asyncio.to_thread(self._validate, response.body)
+        except InventoryError as exc:
+            duration = time.perf_counter() - started
+            return self._failed(st, exc, duration)
+        st.validators = response.validators
+        st.failures = 0
+        st.last_success = self._clock()
+        st.last_error = None
+        m.inventory_up.labels(source=name).set(1)
+        m.last_success.labels(source=name).set(st.last_success)
+        if validated is not None:
+            for reason, count in validated.invalid.items():
+                m.invalid.labels(source=name, reason=reason).inc(count)
+            if validated.invalid:
+                event(self._log, logging.WARNING, "invalid inventory entries dropped", source=name,
+                      invalid=dict(validated.invalid), examples=[f"{r}: {e}" for r, e in validated.examples])
+            new = validated.targets
+        elif st.guard.pending is not None:
+            new = st.guard.pending  # 304 while a drop is held: one more sighting of the same list
+        else:
+            return self._finish(st, "unchanged", (), (), duration)
+        current = st.group.targets if st.group else None
+        added, removed = await asyncio.to_thread(diff, current or (), new)
+        decision = st.guard.check(current, new, len(removed)) if not force else None
+        if decision is not None and not decision.apply:
+            m.guard_active.labels(source=name).set(1)
+            event(self._log, logging.WARNING, "large drop held back by the drop guard", source=name,
+                  result="held", current=len(current or ()), new=len(new), removed=len(removed),
+                  seen=decision.seen, confirmations=self.settings.drop_confirmations,
+                  removed_names=list(removed[:_LOG_NAMES]))
+            return self._finish(st, "held", (), (), duration)
+        if force:
+            st.guard.reset()
+        m.guard_active.labels(source=name).set(0)
+        if st.group is not None and not added and not removed:
+            return self._finish(st, "unchanged", (), (), duration)
+        st.group = TargetGroup(name, new, self._labels[name])
+        m.targets.labels(source=name).set(len(new))
+        m.added.inc(len(added))
+        m.removed.inc(len(removed))
+        now = self._clock()
+        self.changes.extend(Change(now, name, "add", t) for t in added[-RECENT_CHANGES:])
+        self.changes.extend(Change(now, name, "remove", t) for t in removed[-RECENT_CHANGES:])
+        return self._finish(st, "success", added, removed, duration)
+
+    def _validate(self, body: bytes) -> Validated:
+        return validate(parse_body(body), self.settings.metrics_port)
+
+    def _failed(self, st: _SourceState, exc: InventoryError, duration: float) -> PollResult:
+        name = st.source.name
+        st.failures += 1
+        st.last_result = "error"
+        st.last_error = f"{exc.reason}: {exc}"
+        self._metrics.syncs.labels(source=name, result="error").inc()
+        self._metrics.errors.labels(source=name, reason=exc.reason).inc()
+        self._metrics.inventory_up.labels(source=name).set(0)
+        kept = len(st.group.targets) if st.group else 0
+        event(self._log, logging.WARNING, "inventory poll failed, keeping last known good targets",
+              source=name, url=st.source.display_url, result="error", reason=exc.reason, error=str(exc),
+              kept=kept, failures=st.failures, duration=round(duration, 4))
+        return PollResult(name, "error", kept, duration=duration, error=st.last_error, reason=exc.reason)
+
+    def _finish(self, st: _SourceState, result: str, added: tuple[str, ...], removed: tuple[str, ...],
+                duration: float) -> PollResult:
+        name = st.source.name
+        st.last_result = result
+        self._metrics.syncs.labels(source=name, result=result).inc()
+        count = len(st.group.targets) if st.group else 0
+        level = logging.INFO if result == "success" else logging.DEBUG
+        fields: dict[str, object] = {"source": name, "result": result, "targets": count,
+                                     "duration": round(duration, 4)}
+        if added or removed:
+            fields.update(added=len(added), removed=len(removed), added_names=list(added[:_LOG_NAMES]),
+                          removed_names=list(removed[:_LOG_NAMES]))
+        if result != "held":
+            event(self._log, level, "inventory synced", **fields)
+        return PollResult(name, result, count, added, removed, duration)
+
+    # --- publishing ------------------------------------------------------
+
+    def _groups(self) -> Iterable[TargetGroup]:
+        return (st.group for st in self._states.values() if st.group is not None)
+
+    async def publish(self) -> Snapshot | None:
+        """Build the snapshot from every source's group and write the file if it changed."""
+        async with self._publish_lock:
+            groups = tuple(self._groups())
+            if not groups and self._snapshot is None:
+                return None  # nothing good yet: never publish an empty list by accident
+            if self._snapshot is None or self._snapshot.groups != groups:
+                self._snapshot = await asyncio.to_thread(Snapshot.build, groups)
+            if self._file is not None:
+                try:
+                    if await asyncio.to_thread(self._file.publish, self._snapshot.body):
+                        self._metrics.file_writes.inc()
+                        event(self._log, logging.DEBUG, "targets file written", file=str(self._file.path),
+                              targets=self._snapshot.count)
+                except PublishError as exc:
+                    self._metrics.publish_errors.labels(output="file").inc()
+                    event(self._log, logging.ERROR, "targets file not written, previous file kept", error=str(exc))
+            return self._snapshot
+
+    async def poll_all(self, *, force: bool = False) -> list[PollResult]:
+        """Poll every source concurrently, then publish once."""
+        results = await asyncio.gather(*(self.poll(name, force=force) for name in self._states))
+        if any(r.result in ("success", "unchanged") for r in results):
+            await self.publish()
+        return list(results)
+
+    async def refresh(self) -> list[PollResult]:
+        """Poll now and return after publishing; concurrent callers share one poll."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self.poll_all())
+        return await asyncio.shield(self._refresh)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every source on its own schedule until `stop` is set."""
+        await asyncio.gather(*(self._loop(name, stop) for name in self._states))
+
+    async def _loop(self, name: str, stop: asyncio.Event) -> None:
+        st = self._states[name]
+        while not stop.is_set():
+            result = await self.poll(name)
+            if result.result in ("success", "unchanged"):
+                await self.publish()
+            try:
+                await asyncio.wait_for(stop.wait(), self._delay(st))
+            except asyncio.TimeoutError:
+                pass
+
+    def _delay(self, st: _SourceState) -> float:
+        """The interval, or after failures exponential backoff with full jitter capped by it."""
+        interval = self.settings.update_interval
+        if st.failures == 0:
+            return interval
+        cap = min(interval, min(1.0, interval) * 2 ** (st.failures - 1))
+        return max(cap / 10, random.uniform(0, cap))
