@@ -1,0 +1,711 @@
+"""Inventory service simulator (`sensor-sd inventory-server`).
+
+Serves `GET /inventory` like the real inventory service (a JSON array of
+hostnames) and lets tests and benchmarks change the list, churn it, and inject
+every fault sensor-sd must survive, each produced for real at the HTTP/TCP
+level. Connection refused cannot be produced by a listening server: tests stop
+the server (or use a closed port) for that case.
+
+Admin API (JSON in, JSON out; bad input -> 400 {"error": "..."}):
+
+* `GET /admin/state` -> count, etag, last_modified, version, fault, churn
+* `PUT /admin/sensors` body = JSON array, served exactly as given (any JSON values)
+* `POST /admin/sensors/add` `{"count": k}` (new sensor numbers) or `{"names": [...]}`
+* `POST /admin/sensors/remove` `{"count": k}` (random) or `{"names": [...]}`
+* `PUT /admin/fault` `{"mode": M, "count": n?, ...params}`, `DELETE /admin/fault`
+* `PUT /admin/churn` `{"add": k, "remove": k, "every": s}`, `DELETE /admin/churn`,
+  `POST /admin/churn/step` (one churn step now, for deterministic tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sensor_sd.sim._common import (
+    CLIENT_MAX_SIZE,
+    AdminError,
+    abort_with_rst,
+    admin_errors,
+    get_int,
+    get_number,
+    get_str_list,
+    json_response,
+    metrics_response,
+    read_json,
+    require_object,
+    serve_forever,
+    type_name,
+    url_host,
+)
+
+MAX_COUNT = 10_000_000
+DEFAULT_OVERSIZED_BYTES = 600 * 1024 * 1024
+_SENSOR_NUMBER = re.compile(r"sensor_(\d+)\Z")
+_OVERSIZED_BLOCK_BYTES = 256 * 1024
+
+
+@dataclass
+class Fault:
+    """An active fault: what to do to /inventory and for how many more requests (None = until cleared)."""
+
+    mode: str
+    params: dict[str, Any]
+    remaining: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "params": self.params, "remaining": self.remaining}
+
+
+@dataclass
+class Churn:
+    """Periodic membership change, as in a real store where sensors come and go."""
+
+    add: int = 0
+    remove: int = 0
+    every: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.every > 0 and (self.add > 0 or self.remove > 0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"add": self.add, "remove": self.remove, "every": self.every, "active": self.active}
+
+
+@dataclass
+class InventoryState:
+    """Everything the simulator knows; one instance per app, no module-level state."""
+
+    items: list[Any]
+    rng: random.Random
+    churn: Churn
+    next_number: int = 0
+    body: bytes = b"[]"
+    etag: str = ""
+    last_modified: int = 0
+    version: int = 0
+    fault: Fault | None = None
+    churn_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set on shutdown so `hang` handlers return and never hold the server open.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    requests: Counter = field(init=False)
+    faults_served: Counter = field(init=False)
+    sensors_gauge: Gauge = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "inventory_sim_http_requests",
+            "HTTP requests answered by the inventory simulator, by route and status code.",
+            ["path", "code"],
+            registry=self.registry,
+        )
+        self.faults_served = Counter(
+            "inventory_sim_faults_served",
+            "Inventory requests answered with an injected fault, by mode.",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.sensors_gauge = Gauge(
+            "inventory_sim_sensors", "Entries currently in the simulated inventory.", registry=self.registry
+        )
+        self.set_items(self.items, force=True)
+
+    # -- membership ---------------------------------------------------------
+
+    def set_items(self, items: list[Any], force: bool = False) -> bool:
+        """Replace the list and pre-render the body once, so GET /inventory does no per-request work.
+
+        Validators change only when the bytes change. Last-Modified has one
+        second resolution, so it is bumped past the previous value to keep
+        If-Modified-Since correct when the list changes twice in a second.
+        """
+        body = orjson.dumps(items)
+        if not force and body == self.body:
+            self.items = items
+            return False
+        self.items = items
+        self.body = body
+        self.etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+        self.last_modified = max(int(time.time()), self.last_modified + 1) if self.version else int(time.time())
+        self.version += 1
+        for item in items:
+            if isinstance(item, str):
+                m = _SENSOR_NUMBER.match(item)
+                if m and int(m.group(1)) >= self.next_number:
+                    self.next_number = int(m.group(1)) + 1
+        self.sensors_gauge.set(len(items))
+        return True
+
+    def new_names(self, count: int) -> list[str]:
+        """Fresh sensor numbers never used before, like newly installed hardware."""
+        start = self.next_number
+        self.next_number += count
+        return [f"sensor_{i}" for i in range(start, start + count)]
+
+    def add_count(self, count: int) -> int:
+        if count:
+            self.set_items(self.items + self.new_names(count))
+        return count
+
+    def add_names(self, names: list[str]) -> int:
+        if names:
+            self.set_items(self.items + names)
+        return len(names)
+
+    def remove_count(self, count: int) -> int:
+        """Remove `count` random entries (all of them when count >= size)."""
+        n = len(self.items)
+        count = min(count, n)
+        if count == 0:
+            return 0
+        drop = set(self.rng.sample(range(n), count))
+        self.set_items([x for i, x in enumerate(self.items) if i not in drop])
+        return count
+
+    def remove_names(self, names: list[str]) -> int:
+        """Remove every occurrence of the given names; unknown names are ignored."""
+        wanted = set(names)
+        kept = [x for x in self.items if not (isinstance(x, str) and x in wanted)]
+        removed = len(self.items) - len(kept)
+        if removed:
+            self.set_items(kept)
+        return removed
+
+    def churn_step(self) -> dict[str, int]:
+        """Remove first, then add, so new sensors are never removed in the same step."""
+        removed = self.remove_count(self.churn.remove)
+        added = self.add_count(self.churn.add)
+        return {"added": added, "removed": removed}
+
+    # -- faults -------------------------------------------------------------
+
+    def take_fault(self) -> Fault | None:
+        """The fault for this request, consuming one use of a counted fault."""
+        fault = self.fault
+        if fault is None:
+            return None
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self.fault = None
+        return fault
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "count": len(self.items),
+            "etag": self.etag,
+            "last_modified": formatdate(self.last_modified, usegmt=True),
+            "version": self.version,
+            "fault": self.fault.describe() if self.fault else None,
+            "churn": self.churn.describe(),
+        }
+
+
+STATE = web.AppKey("inventory_state", InventoryState)
+
+
+# -- fault validation ------------------------------------------------------
+
+def _no_params(body: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _status_params(body: dict[str, Any]) -> dict[str, Any]:
+    return {"code": get_int(body, "code", 500, 400, 599)}
+
+
+def _hang_params(body: dict[str, Any]) -> dict[str, Any]:
+    # seconds=None: hang until the client gives up or the server stops.
+    return {"seconds": get_number(body, "seconds", None, 0.0, 86400.0)}
+
+
+def _slow_params(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seconds": get_number(body, "seconds", 10.0, 0.0, 3600.0),
+        "chunks": get_int(body, "chunks", 20, 1, 100_000),
+    }
+
+
+def _garbage_params(body: dict[str, Any]) -> dict[str, Any]:
+    return {"bytes": get_int(body, "bytes", 1024, 1, 64 * 1024 * 1024)}
+
+
+def _oversized_params(body: dict[str, Any]) -> dict[str, Any]:
+    chunked = body.get("chunked", False)
+    if not isinstance(chunked, bool):
+        raise AdminError(f"'chunked' must be a boolean, got {type_name(chunked)}")
+    return {"bytes": get_int(body, "bytes", DEFAULT_OVERSIZED_BYTES, 16, 1 << 40), "chunked": chunked}
+
+
+_FAULT_PARAMS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "status": _status_params,
+    "hang": _hang_params,
+    "slow": _slow_params,
+    "truncated": _no_params,
+    "garbage": _garbage_params,
+    "html": _no_params,
+    "object": _no_params,
+    "nonutf8": _no_params,
+    "oversized": _oversized_params,
+    "empty": _no_params,
+    "reset": _no_params,
+    "redirect_loop": _no_params,
+}
+_FAULT_KEYS: dict[str, set[str]] = {
+    "status": {"code"},
+    "hang": {"seconds"},
+    "slow": {"seconds", "chunks"},
+    "garbage": {"bytes"},
+    "oversized": {"bytes", "chunked"},
+}
+FAULT_MODES = tuple(_FAULT_PARAMS)
+
+
+def parse_fault(body: Any) -> Fault:
+    """Validate a PUT /admin/fault body strictly: unknown modes or keys are errors, not ignored."""
+    body = require_object(body)
+    mode = body.get("mode")
+    if not isinstance(mode, str) or mode not in _FAULT_PARAMS:
+        hint = " ('refuse' cannot be simulated by a listening server: stop it instead)" if mode == "refuse" else ""
+        raise AdminError(f"'mode' must be one of {', '.join(FAULT_MODES)}; got {mode!r}{hint}")
+    allowed = {"mode", "count"} | _FAULT_KEYS.get(mode, set())
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise AdminError(f"unknown parameter(s) for mode {mode!r}: {', '.join(unknown)}; allowed: {sorted(allowed)}")
+    count = get_int(body, "count", None, 1, MAX_COUNT)
+    return Fault(mode=mode, params=_FAULT_PARAMS[mode](body), remaining=count)
+
+
+# -- /inventory ------------------------------------------------------------
+
+def _not_modified(request: web.Request, state: InventoryState) -> bool:
+    """RFC 9110 evaluation: If-None-Match wins; If-Modified-Since only when it is absent."""
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        tags = [t.strip() for t in inm.split(",")]
+        return "*" in tags or any(t.removeprefix("W/") == state.etag for t in tags)
+    ims = request.if_modified_since
+    return ims is not None and ims.timestamp() >= state.last_modified
+
+
+def _validators(state: InventoryState) -> dict[str, str]:
+    return {
+        "ETag": state.etag,
+        "Last-Modified": formatdate(state.last_modified, usegmt=True),
+        "Cache-Control": "no-cache",
+    }
+
+
+async def _stream(request: web.Request, chunks: Iterator[bytes], length: int | None, **kw: Any) -> web.StreamResponse:
+    resp = web.StreamResponse(**kw)
+    resp.content_type = "application/json"
+    if length is not None:
+        resp.content_length = length
+    await resp.prepare(request)
+    for chunk in chunks:
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def _oversized_chunks(total: int) -> Iterator[bytes]:
+    """Exactly `total` bytes of a well-formed JSON array, built from one reused block (O(1) memory)."""
+    entries = []
+    size = 0
+    i = 0
+    while size < _OVERSIZED_BLOCK_BYTES:
+        entry = f'"sensor_{i}",'.encode()
+        entries.append(entry)
+        size += len(entry)
+        i += 1
+    block = b"".join(entries)
+    yield b"["
+    remaining = total - 1
+    while remaining - len(block) >= 3:
+        yield block
+        remaining -= len(block)
+    # Last element absorbs the remainder: '"xxx"]' is at least 3 bytes.
+    yield b'"' + b"x" * (remaining - 3) + b'"]'
+
+
+async def _fault_status(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    return web.Response(status=p["code"], text=f"simulated inventory failure: HTTP {p['code']}\n")
+
+
+async def _stopped_within(state: InventoryState, seconds: float | None) -> bool:
+    """Wait up to `seconds` (None = forever); True if the server began shutting down meanwhile."""
+    try:
+        await asyncio.wait_for(state.stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _fault_hang(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    # The connection is accepted and the request read, but no byte is ever answered.
+    await _stopped_within(state, p["seconds"])
+    abort_with_rst(request)
+    return web.Response(status=503)  # never reaches the client: the socket is gone, counted as "aborted"
+
+
+async def _fault_slow(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    body = state.body
+    n = p["chunks"]
+    step = max(1, -(-len(body) // n))
+    delay = p["seconds"] / n
+
+    resp = web.StreamResponse(headers=_validators(state))
+    resp.content_type = "application/json"
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    for off in range(0, len(body), step):
+        if await _stopped_within(state, delay):  # the drip is the fault itself; shutdown cuts it
+            abort_with_rst(request)
+            return resp
+        await resp.write(body[off : off + step])
+    await resp.write_eof()
+    return resp
+
+
+async def _fault_truncated(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    # A complete HTTP response whose JSON stops halfway (the closing ']' is always missing).
+    body = state.body[: max(1, len(state.body) // 2)]
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _fault_garbage(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    # 0xff can never start JSON (nor UTF-8), so the body is guaranteed unparsable.
+    body = b"\xff" + state.rng.randbytes(p["bytes"] - 1)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _fault_html(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    html = (
+        "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\n"
+        "<body><h1>Service Unavailable</h1><p>The inventory backend is under maintenance.</p></body></html>\n"
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _fault_object(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    return json_response({"sensors": state.items, "count": len(state.items)})
+
+
+async def _fault_nonutf8(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    # Valid JSON structure, but one string holds bytes that are not UTF-8 (lone 0xc3, 0xff).
+    bad = b'"sensor_\xc3\x28\xff"'
+    body = state.body
+    body = body[:-1] + b"," + bad + b"]" if len(body) > 2 else b"[" + bad + b"]"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _fault_oversized(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    total = p["bytes"]
+    return await _stream(request, _oversized_chunks(total), None if p["chunked"] else total)
+
+
+async def _fault_empty(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    return web.Response(body=b"[]", content_type="application/json")
+
+
+async def _fault_reset(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    # Promise the whole body, send half, then RST: the client sees a connection error mid-body.
+    body = state.body
+    resp = web.StreamResponse()
+    resp.content_type = "application/json"
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    await resp.write(body[: max(1, len(body) // 2)])
+    abort_with_rst(request)
+    return resp
+
+
+async def _fault_redirect_loop(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+    raise web.HTTPFound(location=request.path_qs)
+
+
+_FAULT_HANDLERS: dict[str, Callable[[web.Request, InventoryState, dict[str, Any]], Awaitable[web.StreamResponse]]] = {
+    "status": _fault_status,
+    "hang": _fault_hang,
+    "slow": _fault_slow,
+    "truncated": _fault_truncated,
+    "garbage": _fault_garbage,
+    "html": _fault_html,
+    "object": _fault_object,
+    "nonutf8": _fault_nonutf8,
+    "oversized": _fault_oversized,
+    "empty": _fault_empty,
+    "reset": _fault_reset,
+    "redirect_loop": _fault_redirect_loop,
+}
+
+
+async def handle_inventory(request: web.Request) -> web.StreamResponse:
+    """The endpoint sensor-sd polls. Faults bypass validators: they always answer fresh."""
+    state = request.app[STATE]
+    fault = state.take_fault()
+    if fault is not None:
+        state.faults_served.labels(fault.mode).inc()
+        return await _FAULT_HANDLERS[fault.mode](request, state, fault.params)
+    headers = _validators(state)
+    if _not_modified(request, state):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=state.body, content_type="application/json", headers=headers)
+
+
+# -- admin -----------------------------------------------------------------
+
+async def admin_state(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].describe())
+
+
+async def admin_put_sensors(request: web.Request) -> web.Response:
+    """Set the list exactly as given: hostile entries (numbers, null, objects) are the point."""
+    body = await read_json(request)
+    if not isinstance(body, list):
+        raise AdminError(f"request body must be a JSON array, got {type_name(body)}")
+    state = request.app[STATE]
+    state.set_items(body)
+    return json_response(state.describe())
+
+
+def _count_or_names(body: Any) -> tuple[int | None, list[str] | None]:
+    body = require_object(body)
+    unknown = sorted(set(body) - {"count", "names"})
+    if unknown:
+        raise AdminError(f"unknown key(s): {', '.join(unknown)}; expected 'count' or 'names'")
+    count = get_int(body, "count", None, 0, MAX_COUNT)
+    names = get_str_list(body, "names")
+    if (count is None) == (names is None):
+        raise AdminError("give exactly one of 'count' (integer) or 'names' (array of strings)")
+    return count, names
+
+
+async def admin_add(request: web.Request) -> web.Response:
+    count, names = _count_or_names(await read_json(request))
+    state = request.app[STATE]
+    added = state.add_count(count) if count is not None else state.add_names(names or [])
+    return json_response({"added": added, **state.describe()})
+
+
+async def admin_remove(request: web.Request) -> web.Response:
+    count, names = _count_or_names(await read_json(request))
+    state = request.app[STATE]
+    removed = state.remove_count(count) if count is not None else state.remove_names(names or [])
+    return json_response({"removed": removed, **state.describe()})
+
+
+async def admin_put_fault(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.fault = parse_fault(await read_json(request))
+    return json_response(state.describe())
+
+
+async def admin_delete_fault(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.fault = None
+    return json_response(state.describe())
+
+
+async def admin_put_churn(request: web.Request) -> web.Response:
+    body = require_object(await read_json(request))
+    unknown = sorted(set(body) - {"add", "remove", "every"})
+    if unknown:
+        raise AdminError(f"unknown key(s): {', '.join(unknown)}; expected add, remove, every")
+    state = request.app[STATE]
+    churn = Churn(
+        add=get_int(body, "add", state.churn.add, 0, MAX_COUNT) or 0,
+        remove=get_int(body, "remove", state.churn.remove, 0, MAX_COUNT) or 0,
+        every=get_number(body, "every", state.churn.every, 0.0, 86400.0) or 0.0,
+    )
+    if 0 < churn.every < 0.01:
+        raise AdminError("'every' must be 0 (off) or at least 0.01 seconds")
+    state.churn = churn
+    state.churn_changed.set()
+    return json_response(state.describe())
+
+
+async def admin_delete_churn(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.churn = Churn()
+    state.churn_changed.set()
+    return json_response(state.describe())
+
+
+async def admin_churn_step(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response({**state.churn_step(), **state.describe()})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    return metrics_response(request.app[STATE].registry)
+
+
+async def handle_healthy(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+# -- app -------------------------------------------------------------------
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Requests by route and code; the route template (not the raw path) keeps label cardinality bounded."""
+    route = request.match_info.route.resource
+    path = route.canonical if route is not None else "other"
+    counter = request.app[STATE].requests
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        counter.labels(path, str(exc.status)).inc()
+        raise
+    code = "aborted" if request.transport is None or request.transport.is_closing() else str(resp.status)
+    counter.labels(path, code).inc()
+    return resp
+
+
+async def _churn_loop(app: web.Application) -> AsyncIterator[None]:
+    """Background churn; reconfiguring via the admin API wakes it so a new period applies at once."""
+    state = app[STATE]
+
+    async def loop() -> None:
+        while True:
+            state.churn_changed.clear()
+            timeout = state.churn.every if state.churn.active else None
+            try:
+                await asyncio.wait_for(state.churn_changed.wait(), timeout=timeout)
+                continue  # reconfigured: restart the period
+            except TimeoutError:
+                state.churn_step()
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].stopping.set()
+
+
+def make_app(
+    sensors: int = 100,
+    *,
+    names: list[Any] | None = None,
+    seed: int | None = None,
+    churn_add: int = 0,
+    churn_remove: int = 0,
+    churn_every: float = 0.0,
+) -> web.Application:
+    """Build the simulator; `names` overrides `sensors` (sensor_0..sensor_{N-1}). State is at app[STATE]."""
+    if sensors < 0:
+        raise ValueError("sensors must be >= 0")
+    items: list[Any] = list(names) if names is not None else [f"sensor_{i}" for i in range(sensors)]
+    state = InventoryState(
+        items=items,
+        rng=random.Random(seed),
+        churn=Churn(add=churn_add, remove=churn_remove, every=churn_every),
+        next_number=sensors if names is None else 0,
+    )
+    app = web.Application(middlewares=[_count_requests, admin_errors], client_max_size=CLIENT_MAX_SIZE)
+    app[STATE] = state
+    r = app.router
+    r.add_get("/inventory", handle_inventory)
+    r.add_get("/admin/state", admin_state)
+    r.add_put("/admin/sensors", admin_put_sensors)
+    r.add_post("/admin/sensors/add", admin_add)
+    r.add_post("/admin/sensors/remove", admin_remove)
+    r.add_put("/admin/fault", admin_put_fault)
+    r.add_delete("/admin/fault", admin_delete_fault)
+    r.add_put("/admin/churn", admin_put_churn)
+    r.add_delete("/admin/churn", admin_delete_churn)
+    r.add_post("/admin/churn/step", admin_churn_step)
+    r.add_get("/metrics", handle_metrics)
+    r.add_get("/-/healthy", handle_healthy)
+    app.cleanup_ctx.append(_churn_loop)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+# -- CLI -------------------------------------------------------------------
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `sensor-sd inventory-server`."""
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=1337, help="listen port, 0 = ephemeral (default 1337)")
+    parser.add_argument("--sensors", type=_non_negative_int, default=100, help="serve sensor_0..sensor_{N-1} (default 100)")
+    parser.add_argument("--churn-add", type=_non_negative_int, default=0, help="sensors added per churn step")
+    parser.add_argument("--churn-remove", type=_non_negative_int, default=0, help="random sensors removed per churn step")
+    parser.add_argument("--churn-every", type=_non_negative_float, default=0.0, help="seconds between churn steps (0 = off)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for churn/removal randomness (reproducible runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; returns 0 (1 if the port cannot be bound)."""
+    app = make_app(
+        args.sensors,
+        seed=args.seed,
+        churn_add=args.churn_add,
+        churn_remove=args.churn_remove,
+        churn_every=args.churn_every,
+    )
+    return serve_forever(
+        app,
+        args.host,
+        args.port,
+        lambda port: f"inventory-server listening on http://{url_host(args.host, port)}/inventory ({args.sensors} sensors)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sensor_sd.sim.inventory`: the same as `sensor-sd inventory-server`."""
+    parser = argparse.ArgumentParser(prog="sensor-sd inventory-server", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
