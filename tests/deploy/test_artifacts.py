@@ -63,6 +63,7 @@ SENSOR_METRICS = {
     "sensor_uptime_seconds",
     "sensor_events_total",
     "sensor_info",
+    "sensor_humidity_ratio",
 }
 PROMETHEUS_METRICS = {"up"}
 
@@ -412,6 +413,73 @@ def test_compose_demo_contract():
     proxy = urlsplit(jobs["sensors"]["proxy_url"])
     port = str(proxy.port)
     assert proxy.hostname == "fleet" and port in d["fleet"]["command"]
+
+
+# --------------------------------------------------------------------------
+# The environments and commands the artefacts give sensor-sd are accepted by
+# sensor-sd itself (exit 2 = bad configuration).
+# --------------------------------------------------------------------------
+
+def compose_default(value: str) -> str:
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    text = text[text.rindex("\nFROM "):]  # the runtime stage only
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(kv.split("=", 1) for kv in line[4:].split() if "=" in kv)
+    return {k: v for k, v in env.items() if not k.startswith(("PATH", "PYTHON"))}
+
+
+def deployment_envs() -> dict[str, dict[str, str]]:
+    compose = load_yaml(ROOT / "compose.yaml")["services"]["sensor-sd"]["environment"]
+    demo = load_yaml(ROOT / "compose.demo.yaml")["services"]["sensor-sd"]["environment"]
+    merged = {k: compose_default(v) for k, v in compose.items()}
+    return {
+        "Dockerfile": dockerfile_env(),
+        "compose.yaml": merged,
+        "compose.yaml+compose.demo.yaml": {**merged, **{k: str(v) for k, v in demo.items()}},
+        "kubernetes/configmap.yaml": load_yaml(K8S / "configmap.yaml")["data"],
+    }
+
+
+@pytest.mark.parametrize("where", sorted(deployment_envs()))
+def test_deployment_env_accepted_by_sensor_sd(where: str, tmp_path: Path):
+    env = dict(deployment_envs()[where])
+    # Keep each URL's form (name=url) but aim at a closed local port, so the
+    # run is fast and offline: exit 1 (inventory failed) means the config passed.
+    if "INVENTORY_URL" in env:
+        env["INVENTORY_URL"] = re.sub(r"//[^/,]+", "//127.0.0.1:1", env["INVENTORY_URL"])
+    env["TARGETS_FILE"] = str(tmp_path / "targets.json")  # /shared is not writable here
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", "check"], capture_output=True, text=True,
+                          timeout=60, env={"PATH": os.environ.get("PATH", ""), **env})
+    assert proc.returncode != 2, f"{where}: {output(proc)}"
+
+
+def test_rule_and_dashboard_metrics_are_exposed_by_sensor_sd():
+    """The sensor_sd_* names the artefacts rely on are what sensor-sd exports."""
+    from sensor_sd.metrics import Metrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    # Families, not samples: labelled counters have no sample before the first event.
+    exposed = {fam.name + sfx for fam in Metrics().registry.collect() for sfx in suffixes.get(fam.type, [""])}
+    exprs = [r["expr"] for r in all_rules()] + [e for d in DASHBOARDS for _, e in panel_exprs(json.loads(d.read_text()))]
+    used = {n for e in exprs for n in metric_names(substitute_grafana_vars(e)) if n.startswith("sensor_sd_")}
+    assert used <= SD_METRICS, sorted(used - SD_METRICS)
+    assert not SD_METRICS - exposed, f"not exported by sensor-sd: {sorted(SD_METRICS - exposed)}"
+
+
+@pytest.mark.parametrize("service", ["inventory_server", "fleet"])
+def test_demo_commands_use_existing_flags(service: str):
+    command = load_yaml(ROOT / "compose.demo.yaml")["services"][service]["command"]
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", command[0], "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, output(proc)
+    for flag in (a for a in command[1:] if a.startswith("--")):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", proc.stdout), f"{service}: unknown flag {flag}"
 
 
 # --------------------------------------------------------------------------

@@ -115,6 +115,9 @@ def test_own_endpoints_answer_on_loopback(fl: Any) -> None:
     assert requests.get(f"{fl.url}/-/healthy", timeout=5).status_code == 200
     assert requests.get(f"http://localhost:{fl.port}/admin/state", timeout=5).json()["down"] == {}
     assert requests.get(f"{fl.url}/nope", timeout=5).status_code == 404
+    # From another container the Host is a service name, with the simulator's own port.
+    r = requests.get(f"{fl.url}/admin/state", headers={"Host": f"fleet:{fl.port}"}, timeout=5)
+    assert r.status_code == 200 and "down" in r.json()
 
 
 # -- exposition ------------------------------------------------------------
@@ -339,3 +342,66 @@ def test_run_as_process_with_down_flag_and_sigterm(spawn: Any) -> None:
     assert proc.terminate(timeout=5) == 0
     assert time.monotonic() - t0 < 2.0
     slow.close()
+
+
+# -- the real consumer -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.integration
+def test_real_prometheus_scrapes_through_the_proxy(fl: Any, tmp_path: Any, wait_for: Any) -> None:
+    """Prometheus with proxy_url: healthy sensors are up==1, each fault mode makes up==0."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed")
+    put(fl, "/admin/down", {"sensors": ["sensor_1"]})
+    put(fl, "/admin/garbage", {"sensors": ["sensor_2"]})
+    put(fl, "/admin/slow", {"sensors": ["sensor_3"], "seconds": 5})
+    targets = ", ".join(f'"sensor_{i}:9100"' for i in range(5))
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 800ms}\n"
+        "scrape_configs:\n"
+        "  - job_name: sensors\n"
+        f"    proxy_url: {fl.url}\n"
+        f"    static_configs: [{{targets: [{targets}]}}]\n"
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        api = f"http://127.0.0.1:{port}/api/v1/query"
+
+        def up() -> dict[str, str] | None:
+            try:
+                result = requests.get(api, params={"query": "up"}, timeout=2).json()["data"]["result"]
+            except (requests.RequestException, ValueError, KeyError):
+                return None
+            values = {r["metric"]["instance"]: r["value"][1] for r in result}
+            return values if len(values) == 5 else None
+
+        values = wait_for(up, timeout=30, interval=0.2)
+        assert values == {
+            "sensor_0:9100": "1",
+            "sensor_1:9100": "0",
+            "sensor_2:9100": "0",
+            "sensor_3:9100": "0",
+            "sensor_4:9100": "1",
+        }
+        r = requests.get(api, params={"query": 'sensor_info{instance="sensor_0:9100"}'}, timeout=5).json()
+        assert r["data"]["result"][0]["metric"]["firmware"] == "1.4.2"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
