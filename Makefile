@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SENSORS ?= 100
-APT_PACKAGES := prometheus prometheus-alertmanager wrk chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-quick deps venv system-deps bench bench-quick fuzz soak lint clean
@@ -16,7 +15,7 @@ run: deps
 test: deps
 	$(PY) -m pytest -q
 
-test-quick: venv
+test-quick: deps
 	$(PY) -m pytest -q -m "not integration"
 
 deps: venv system-deps
@@ -36,6 +35,7 @@ system-deps:
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
