@@ -127,7 +127,9 @@ def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
         return None
     longest = max(map(len, entries))  # type: ignore[arg-type]
     if (
-        not _BARE_RE.fullmatch(joined)
+        not joined
+        or joined.count("\n") != len(entries) - 1  # an entry with a newline of its own
+        or not _BARE_RE.fullmatch(joined)
         or joined[0] in "-.\n"
         or joined[-1] in "-\n"
         or any(seq in joined for seq in _BAD_SEQUENCES)

@@ -1,0 +1,130 @@
+"""Configuration: defaults, flags over environment, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensor_sd import config
+from sensor_sd.config import ListenAddress, Source
+from sensor_sd.errors import ConfigError
+
+
+def load(env: dict[str, str] | None = None, **flags: str) -> config.Settings:
+    return config.load(flags, env or {})
+
+
+def test_defaults_match_the_contract() -> None:
+    s = load()
+    assert s.sources == (Source("inventory_server", "http://inventory_server:1337/inventory"),)
+    assert s.update_interval == 30.0
+    assert s.targets_file == Path("data/targets.json")
+    assert (s.metrics_port, s.metrics_path, s.target_labels) == (9100, "/metrics", ())
+    assert s.listen_address == ListenAddress("", 8080)
+    assert (s.request_timeout, s.max_response_bytes) == (5.0, 67108864)
+    assert (s.max_drop_ratio, s.drop_confirmations) == (0.5, 3)
+    assert (s.log_format, s.log_level) == ("json", "info")
+
+
+def test_flags_win_over_environment() -> None:
+    s = load({"UPDATE_INTERVAL": "10", "METRICS_PORT": "9200"}, update_interval="2.5")
+    assert s.update_interval == 2.5
+    assert s.metrics_port == 9200
+
+
+def test_named_sources_and_labels() -> None:
+    s = load({"INVENTORY_URL": "eu=http://a:1/inv,us=https://b/inv?x=1", "TARGET_LABELS": "env=prod, team=store"})
+    assert [src.name for src in s.sources] == ["eu", "us"]
+    assert s.sources[1].url == "https://b/inv?x=1"
+    assert s.target_labels == (("env", "prod"), ("team", "store"))
+
+
+def test_empty_targets_file_disables_it() -> None:
+    assert load({"TARGETS_FILE": ""}).targets_file is None
+
+
+def test_listen_address_forms() -> None:
+    assert load({"LISTEN_ADDRESS": "127.0.0.1:9"}).listen_address == ListenAddress("127.0.0.1", 9)
+    assert load({"LISTEN_ADDRESS": "[::1]:80"}).listen_address == ListenAddress("::1", 80)
+
+
+def test_credentials_are_redacted_for_display() -> None:
+    src = load({"INVENTORY_URL": "inv=http://user:s3cret@h:1/x"}).sources[0]
+    assert "s3cret" not in src.display_url and "user" not in src.display_url
+    assert src.display_url == "http://h:1/x"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("UPDATE_INTERVAL", "abc"), ("UPDATE_INTERVAL", "0"), ("UPDATE_INTERVAL", "-1"), ("UPDATE_INTERVAL", "nan"),
+        ("UPDATE_INTERVAL", "inf"), ("UPDATE_INTERVAL", ""),
+        ("METRICS_PORT", "0"), ("METRICS_PORT", "70000"), ("METRICS_PORT", "9100.5"), ("METRICS_PORT", "-1"),
+        ("METRICS_PORT", "٩١٠٠"),
+        ("TARGET_LABELS", "1x=y"), ("TARGET_LABELS", "a"), ("TARGET_LABELS", "__x=y"), ("TARGET_LABELS", "a=1,a=2"),
+        ("TARGET_LABELS", "source=x"), ("TARGET_LABELS", "a=\x00"),
+        ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud"),
+        ("INVENTORY_URL", "a=b=c"), ("INVENTORY_URL", "ftp://x/inv"), ("INVENTORY_URL", "x=http://a,x=http://b"),
+        ("INVENTORY_URL", "http://"), ("INVENTORY_URL", ""), ("INVENTORY_URL", "http://a:99999/"),
+        ("INVENTORY_URL", "http://a b/"), ("INVENTORY_URL", "a=http://x,,b=http://y"), ("INVENTORY_URL", "bad name=http://x"),
+        ("LISTEN_ADDRESS", "8080"), ("LISTEN_ADDRESS", ":0"), ("LISTEN_ADDRESS", "::1:80"), ("LISTEN_ADDRESS", "a:b"),
+        ("REQUEST_TIMEOUT", "0"), ("MAX_RESPONSE_BYTES", "0"), ("MAX_RESPONSE_BYTES", "1e6"),
+        ("MAX_DROP_RATIO", "1.5"), ("MAX_DROP_RATIO", "-0.1"), ("DROP_CONFIRMATIONS", "0"),
+        ("METRICS_PATH", "metrics"), ("METRICS_PATH", "/a b"), ("TARGETS_FILE", "a\x00b"),
+        ("INVENTORY_TOKEN_FILE", "/nonexistent/token"), ("INVENTORY_CA_FILE", "/nonexistent/ca.pem"),
+    ],
+)
+def test_bad_values_name_variable_value_and_allowed(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({variable: value})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid {variable}=")
+    assert info.value.allowed and info.value.allowed in message
+
+
+def test_bad_flag_names_flag() -> None:
+    with pytest.raises(ConfigError, match=r"UPDATE_INTERVAL \(--update-interval\)"):
+        load(update_interval="x")
+
+
+def test_empty_and_unreadable_token_file(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="INVENTORY_TOKEN_FILE"):
+        load({"INVENTORY_TOKEN_FILE": str(empty)})
+    with pytest.raises(ConfigError, match="readable file"):
+        load({"INVENTORY_TOKEN_FILE": str(tmp_path)})  # a directory
+
+
+def test_ca_file_must_be_pem(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="INVENTORY_CA_FILE"):
+        load({"INVENTORY_CA_FILE": str(bad)})
+
+
+def test_control_characters_stay_on_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"UPDATE_INTERVAL": "1\n2\x1b[31m"})
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["run", "once", "check"])
+def test_cli_exits_2_before_doing_anything(command: str, tmp_path: Path) -> None:
+    env = {"UPDATE_INTERVAL": "abc", "TARGETS_FILE": str(tmp_path / "t.json"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", command], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ['sensor-sd: invalid UPDATE_INTERVAL="abc": a number > 0']
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_cli_unknown_flag_exits_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", "run", "--no-such-flag"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "--no-such-flag" in proc.stderr

@@ -1,0 +1,259 @@
+"""The discoverer against the inventory simulator over real loopback HTTP.
+
+Each test runs one event loop with the simulator (aiohttp TestServer on
+127.0.0.1) and a Discoverer writing a real file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from sensor_sd import config
+from sensor_sd.inventory import Client
+from sensor_sd.metrics import Metrics
+from sensor_sd.sim.inventory import make_app
+from sensor_sd.sync import Discoverer
+
+LOG = logging.getLogger("sensor_sd.test")
+
+
+class Env:
+    """One simulator, one admin session, and a way to build discoverers against it."""
+
+    def __init__(self, server: TestServer, admin: aiohttp.ClientSession, tmp: Path) -> None:
+        self.server, self.admin, self.tmp = server, admin, tmp
+        self.url = str(server.make_url("/inventory"))
+
+    async def put(self, path: str, body: Any) -> None:
+        async with self.admin.put(self.server.make_url(path), data=orjson.dumps(body)) as r:
+            assert r.status == 200, await r.text()
+
+    async def fault(self, mode: str, **params: Any) -> None:
+        await self.put("/admin/fault", {"mode": mode, **params})
+
+    async def clear(self) -> None:
+        async with self.admin.delete(self.server.make_url("/admin/fault")) as r:
+            assert r.status == 200
+
+    def settings(self, **env: str) -> config.Settings:
+        base = {"INVENTORY_URL": f"inv={self.url}", "TARGETS_FILE": str(self.tmp / "targets.json"),
+                "UPDATE_INTERVAL": "0.05", "REQUEST_TIMEOUT": "1", "LOG_FORMAT": "text"}
+        return config.load({}, {**base, **env})
+
+    def file_targets(self) -> list[str]:
+        return [t for g in orjson.loads((self.tmp / "targets.json").read_bytes()) for t in g["targets"]]
+
+
+def run(test: Callable[[Env], Awaitable[None]], tmp_path: Path, **app_kwargs: Any) -> None:
+    async def main() -> None:
+        server = TestServer(make_app(**app_kwargs), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as admin:
+                await test(Env(server, admin, tmp_path))
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+async def sync_once(env: Env, metrics: Metrics | None = None, **settings: str) -> tuple[Discoverer, list[Any]]:
+    s = env.settings(**settings)
+    async with Client(s) as client:
+        d = Discoverer(s, client, metrics or Metrics(CollectorRegistry()), LOG)
+        d.load_file()
+        results = await d.poll_all()
+    return d, results
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_first_poll_publishes_sorted_targets(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        d, [r] = await sync_once(env)
+        assert r.result == "success" and r.targets == 100
+        targets = env.file_targets()
+        assert targets == sorted(f"sensor_{i}:9100" for i in range(100))
+        assert d.snapshot is not None and d.snapshot.body == (env.tmp / "targets.json").read_bytes()
+
+    run(t, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "params", "reason"),
+    [
+        ("status", {"code": 500}, "http_status"), ("status", {"code": 404}, "http_status"),
+        ("hang", {}, "timeout"), ("truncated", {}, "decode"), ("garbage", {}, "decode"), ("html", {}, "decode"),
+        ("object", {}, "decode"), ("nonutf8", {}, "decode"), ("reset", {}, "unreachable"),
+        ("redirect_loop", {}, "unreachable"), ("oversized", {"bytes": 5_000_000}, "too_large"),
+    ],
+)
+def test_faults_keep_last_known_good(tmp_path: Path, mode: str, params: dict[str, Any], reason: str) -> None:
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        before = (env.tmp / "targets.json").read_bytes()
+        await env.fault(mode, **params)
+        metrics = Metrics(CollectorRegistry())
+        d, [r] = await sync_once(env, metrics, MAX_RESPONSE_BYTES="1000000")
+        assert (r.result, r.reason) == ("error", reason)
+        assert (env.tmp / "targets.json").read_bytes() == before
+        assert d.snapshot is not None and d.snapshot.count == 100  # still ready, from the file
+        assert sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason=reason) == 1
+        assert sample(metrics, "sensor_sd_inventory_up", source="inv") == 0
+        await env.clear()
+        _, [r] = await sync_once(env)
+        assert r.result in ("success", "unchanged")
+
+    run(t, tmp_path)
+
+
+def test_refused_keeps_file(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        before = (env.tmp / "targets.json").read_bytes()
+        _, [r] = await sync_once(env, INVENTORY_URL="inv=http://127.0.0.1:1/inventory")
+        assert r.reason == "unreachable"
+        assert (env.tmp / "targets.json").read_bytes() == before
+
+    run(t, tmp_path)
+
+
+def test_invalid_entries_dropped_and_counted(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        await env.put("/admin/sensors", ["sensor_1", "bad host", 7, "http://x", "sensor_2:9200", "sensor_1"])
+        metrics = Metrics(CollectorRegistry())
+        _, [r] = await sync_once(env, metrics)
+        assert env.file_targets() == ["sensor_1:9100", "sensor_2:9200"]
+        for reason in ("whitespace", "not_string", "scheme"):
+            assert sample(metrics, "sensor_sd_invalid_entries_total", source="inv", reason=reason) == 1
+
+    run(t, tmp_path)
+
+
+def test_empty_list_is_held_then_applied_after_confirmations(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        s = env.settings(DROP_CONFIRMATIONS="3")
+        metrics = Metrics(CollectorRegistry())
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, LOG)
+            await d.poll_all()
+            await env.put("/admin/sensors", [])
+            results = [(await d.poll_all())[0].result for _ in range(3)]
+            assert results[:2] == ["held", "held"]
+            assert sample(metrics, "sensor_sd_drop_guard_active", source="inv") == 0
+            assert results[2] == "success"
+        assert env.file_targets() == []
+
+    run(t, tmp_path)
+
+
+def test_held_drop_counts_not_modified_as_a_sighting(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        s = env.settings(DROP_CONFIRMATIONS="2")
+        metrics = Metrics(CollectorRegistry())
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, LOG)
+            await d.poll_all()
+            await env.put("/admin/sensors", ["sensor_1"])
+            assert (await d.poll_all())[0].result == "held"
+            assert sample(metrics, "sensor_sd_drop_guard_active", source="inv") == 1
+            assert len(env.file_targets()) == 100
+            # Same ETag now: the simulator answers 304, which confirms the held list.
+            assert (await d.poll_all())[0].result == "success"
+        assert env.file_targets() == ["sensor_1:9100"]
+
+    run(t, tmp_path)
+
+
+def test_restart_while_inventory_down_keeps_targets(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        d, [r] = await sync_once(env, INVENTORY_URL="inv=http://127.0.0.1:1/inventory")
+        assert r.result == "error"
+        assert d.snapshot is not None and d.snapshot.count == 100
+
+    run(t, tmp_path)
+
+
+def test_corrupt_file_is_left_in_place_and_not_ready(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        (env.tmp / "targets.json").write_bytes(b'[{"targets": ["half')
+        s = env.settings(INVENTORY_URL="inv=http://127.0.0.1:1/inventory")
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), LOG)
+            assert not d.load_file()
+            await d.poll_all()
+        assert d.snapshot is None
+        assert (env.tmp / "targets.json").read_bytes() == b'[{"targets": ["half'
+
+    run(t, tmp_path)
+
+
+def test_sources_fail_independently(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        dead = "http://127.0.0.1:1/inventory"
+        _, results = await sync_once(env, INVENTORY_URL=f"a={env.url},b={env.url}")
+        assert [r.result for r in results] == ["success", "success"]
+        _, results = await sync_once(env, INVENTORY_URL=f"a={env.url},b={dead}")
+        assert [r.result for r in results] == ["unchanged", "error"]
+        groups = orjson.loads((env.tmp / "targets.json").read_bytes())
+        assert [(g["labels"]["source"], len(g["targets"])) for g in groups] == [("a", 100), ("b", 100)]
+
+    run(t, tmp_path)
+
+
+def test_conditional_get_sends_validators(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        s = env.settings()
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), LOG)
+            assert [r.result for r in await d.poll_all()] == ["success"]
+            assert [r.result for r in await d.poll_all()] == ["unchanged"]
+        async with env.admin.get(env.server.make_url("/metrics")) as r:
+            text = await r.text()
+        assert 'code="304"' in text
+
+    run(t, tmp_path)
+
+
+def test_refresh_shares_one_poll(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        s = env.settings()
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), LOG)
+            a, b = await asyncio.gather(d.refresh(), d.refresh())
+            assert a is b or a == b
+
+    run(t, tmp_path)
+
+
+def test_run_loop_polls_and_stops(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        s = env.settings(UPDATE_INTERVAL="0.05")
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), LOG)
+            task = asyncio.create_task(d.run(stop))
+            await env.put("/admin/sensors", [f"sensor_{i}" for i in range(101)])
+            for _ in range(200):
+                if d.snapshot is not None and d.snapshot.count == 101:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(task, 2)
+        assert len(env.file_targets()) == 101
+
+    run(t, tmp_path)
