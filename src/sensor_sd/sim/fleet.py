@@ -6,9 +6,9 @@ It is an HTTP forward proxy as far as Prometheus is concerned: with
 sensor_17:9100`) and is answered here, so no DNS or real hardware is needed.
 Unreachable sensors get 502, as a real proxy would report a dead upstream.
 
-A request whose Host is the simulator itself (loopback / its listen address,
-origin-form target) is for the simulator: `/metrics` (its own), `/-/healthy`
-and the admin API:
+A normal (origin-form) request whose Host is loopback, the listen address, or
+carries the simulator's own port is for the simulator itself: `/metrics` (its
+own), `/-/healthy` and the admin API:
 
 * `PUT /admin/down` `{"sensors": [...], "mode": "502"|"abort"}` (abort = TCP reset)
 * `PUT /admin/slow` `{"sensors": [...], "seconds": s}` (delay before answering)
@@ -176,22 +176,22 @@ STATE = web.AppKey("fleet_state", FleetState)
 def _target(request: web.Request, state: FleetState) -> tuple[str, int] | None:
     """(host, port) of the sensor a request is for, or None when it is addressed to the simulator itself.
 
-    Absolute-form targets are proxy requests (the host comes from the target,
-    RFC 9112 3.2.2); origin-form requests are for a sensor only when their Host
-    header names something other than the simulator.
+    Absolute-form targets are proxy requests: the host comes from the target
+    (RFC 9112 3.2.2). An origin-form request is for the simulator when its Host
+    is loopback/the listen address or carries the simulator's own port (so
+    `http://fleet:9101/admin/state` works from another container); otherwise
+    it is a sensor addressed by Host header (handy with curl -H).
     """
     url = request.url
     host = (url.host or "").lower()
     port = url.port or 80
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    own_port = sockname[1] if isinstance(sockname, tuple) else None
     is_self = host in state.self_hosts or host == ""
     # raw_path is the request target as sent: absolute-form is the only one not starting with "/" or "*".
     if "://" in request.raw_path[:16] and not request.raw_path.startswith("/"):
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        own_port = sockname[1] if sockname else None
-        if is_self and port == own_port:
-            return None
-        return host, port
-    if is_self or "host" not in request.headers:
+        return None if is_self and port == own_port else (host, port)
+    if is_self or port == own_port or "host" not in request.headers:
         return None
     return host, port
 
@@ -262,7 +262,8 @@ async def refresh_inventory(state: FleetState, session: aiohttp.ClientSession) -
             elif resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
             else:
-                known = _parse_inventory(await resp.read(), state.sensor_port)
+                # Off the event loop: a million-entry inventory must not stall scrapes while parsed.
+                known = await asyncio.to_thread(_parse_inventory, await resp.read(), state.sensor_port)
                 state.known = known
                 state.inventory_etag = resp.headers.get("ETag")
                 state.known_gauge.set(len(known))

@@ -15,6 +15,16 @@ Admin API (JSON in, JSON out; bad input -> 400 {"error": "..."}):
 * `PUT /admin/fault` `{"mode": M, "count": n?, ...params}`, `DELETE /admin/fault`
 * `PUT /admin/churn` `{"add": k, "remove": k, "every": s}`, `DELETE /admin/churn`,
   `POST /admin/churn/step` (one churn step now, for deterministic tests)
+
+Fault modes (all take `count`: only the next n requests, then the fault clears):
+`status` {code: 400..599, default 500}; `hang` {seconds: default forever, then
+RST}; `slow` {seconds: total drip time, default 10; chunks: default 20};
+`truncated` (complete HTTP, JSON cut in half); `garbage` {bytes: default 1024};
+`html` (200 text/html page); `object` (JSON object); `nonutf8` (array with
+invalid UTF-8 bytes); `oversized` {bytes: default 600 MiB, chunked: false =
+Content-Length sent}; `empty` (`[]`); `reset` (headers + half the body, then
+RST); `redirect_loop` (302 to itself). Fault responses carry no validators and
+ignore conditional headers.
 """
 
 from __future__ import annotations
