@@ -1,4 +1,4 @@
-"""The SD's own HTTP server: http_sd targets, metrics, health, refresh.
+"""The SD's own HTTP server: http_sd targets, metrics, health, refresh, status page.
 
 Handlers only read the current immutable snapshot; every body they send was
 rendered when the snapshot changed, so a request costs no JSON work.
@@ -6,21 +6,32 @@ rendered when the snapshot changed, so a request costs no JSON work.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sensor_sd import __version__, status
 from sensor_sd.config import Settings
 from sensor_sd.metrics import Metrics
 from sensor_sd.sync import Discoverer
-from sensor_sd.targets import Snapshot, render, shard
+from sensor_sd.targets import Snapshot, TargetGroup, hashmod, render
 
 JSON = "application/json"
 MAX_SHARDS = 1000
+# Request limits: a request line or header line over 8 KiB is a 400 from aiohttp's parser, more
+# than 64 header lines too; the middleware answers 431 above 32 KiB of headers in total.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 32 * 1024
 _SHARD_CACHE = 64  # rendered shard bodies kept per snapshot
 
 
@@ -31,24 +42,47 @@ class _Body:
 
 
 class _ShardCache:
-    """Shard bodies rendered once per (snapshot, shards, shard) and reused."""
+    """Shard bodies rendered once per (snapshot, shards, shard) and reused.
+
+    At 100k targets hashing every address costs ~65 ms, so it runs in a thread
+    (never on the event loop, which must keep answering /-/healthy), once per
+    snapshot, and concurrent requests for the same shard share one rendering.
+    """
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
-        self._bodies: OrderedDict[tuple[int, int], _Body] = OrderedDict()
+        self._hashes: asyncio.Future[tuple[tuple[int, ...], ...]] | None = None
+        self._bodies: OrderedDict[tuple[int, int], asyncio.Future[_Body]] = OrderedDict()
 
-    def get(self, snapshot: Snapshot, index: int, total: int) -> _Body:
+    async def get(self, snapshot: Snapshot, index: int, total: int) -> _Body:
         if snapshot is not self._snapshot:
-            self._snapshot, self._bodies = snapshot, OrderedDict()
+            self._snapshot, self._hashes, self._bodies = snapshot, None, OrderedDict()
         key = (index, total)
         body = self._bodies.get(key)
-        if body is None:
-            data = render(shard(snapshot.groups, index, total))
-            body = _Body(data, f'{snapshot.etag[:-1]}-{index}-{total}"')
+        if body is None or (body.done() and body.exception() is not None):
+            body = asyncio.ensure_future(self._render(snapshot, index, total))
             self._bodies[key] = body
             if len(self._bodies) > _SHARD_CACHE:
                 self._bodies.popitem(last=False)
-        return body
+        return await asyncio.shield(body)
+
+    async def _render(self, snapshot: Snapshot, index: int, total: int) -> _Body:
+        if self._hashes is None or (self._hashes.done() and self._hashes.exception() is not None):
+            self._hashes = asyncio.ensure_future(asyncio.to_thread(_address_hashes, snapshot))
+        hashes = await asyncio.shield(self._hashes)
+        data = await asyncio.to_thread(_render_shard, snapshot, hashes, index, total)
+        return _Body(data, f'{snapshot.etag[:-1]}-{index}-{total}"')
+
+
+def _address_hashes(snapshot: Snapshot) -> tuple[tuple[int, ...], ...]:
+    """hashmod's 64-bit value of every `__address__`, per group; the modulus is applied later."""
+    return tuple(tuple(hashmod(t, 1 << 64) for t in g.targets) for g in snapshot.groups)
+
+
+def _render_shard(snapshot: Snapshot, hashes: tuple[tuple[int, ...], ...], index: int, total: int) -> bytes:
+    groups = (TargetGroup(g.source, tuple(t for t, h in zip(g.targets, hs) if h % total == index), g.labels)
+              for g, hs in zip(snapshot.groups, hashes))
+    return render(groups)
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -86,9 +120,9 @@ class Handlers:
         if snapshot is None:
             # Never an empty list: Prometheus would drop every target it has.
             return _json_error(503, "no good inventory snapshot yet")
-        body = _Body(snapshot.body, snapshot.etag) if params is None else self._shards.get(snapshot, *params)
+        body = _Body(snapshot.body, snapshot.etag) if params is None else await self._shards.get(snapshot, *params)
         headers = {"ETag": body.etag, "Cache-Control": "no-cache"}
-        if request.headers.get("If-None-Match") == body.etag:
+        if _etag_matches(request.headers.get("If-None-Match"), body.etag):
             return web.Response(status=304, headers=headers)
         return web.Response(body=body.data, content_type=JSON, headers=headers)
 
@@ -112,22 +146,73 @@ class Handlers:
                 "sources": [r.summary() for r in results]}
         return web.Response(status=502 if failed else 200, body=orjson.dumps(body), content_type=JSON)
 
+    async def status_page(self, request: web.Request) -> web.Response:
+        d = self.discoverer
+        view = status.View(now=time.time(), version=__version__, sources=d.status(), changes=tuple(d.changes),
+                           snapshot=d.snapshot, update_interval=d.settings.update_interval,
+                           confirmations=d.settings.drop_confirmations)
+        return web.Response(body=status.render(view), headers=status.HEADERS)
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        # Browsers ask for it on every page (JSON ones too); 204 keeps their console free of 404s.
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match: one tag, a list, weak tags or `*` (RFC 9110 weak comparison)."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+@web.middleware
+async def _limit_headers(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """431 when all header lines together pass MAX_HEADER_BYTES (aiohttp only caps each line)."""
+    if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > MAX_HEADER_BYTES:
+        return web.Response(status=431, text="request header fields too large\n")
+    return await handler(request)
+
+
+HANDLERS = web.AppKey("handlers", Handlers)
+
 
 def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     h = Handlers(discoverer, metrics)
-    app = web.Application(client_max_size=1024)
+    # No endpoint takes a body; 1 KiB is plenty for an empty POST /-/refresh.
+    app = web.Application(client_max_size=1024, middlewares=[_limit_headers])
+    app.router.add_get("/", h.status_page)
+    app.router.add_get("/favicon.ico", h.favicon)
     app.router.add_get("/targets", h.targets)
     app.router.add_get("/metrics", h.metrics_page)
     app.router.add_get("/-/healthy", h.healthy)
     app.router.add_get("/-/ready", h.ready)
     app.router.add_post("/-/refresh", h.refresh)
-    app["handlers"] = h
+    app[HANDLERS] = h
     return app
+
+
+class _ClientErrorFilter(logging.Filter):
+    """Drops aiohttp's tracebacks for malformed requests: the client got its 400, a flood must not fill the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+def _server_logger() -> logging.Logger:
+    logger = logging.getLogger("sensor_sd.http")  # a child: JSON lines through the sensor_sd handler
+    if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(_ClientErrorFilter())
+    return logger
 
 
 async def start(app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Bind and serve; raises OSError when the address is taken."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False, logger=_server_logger(),
+                           max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
     await runner.setup()
     addr = settings.listen_address
     site = web.TCPSite(runner, addr.host or None, addr.port, ssl_context=ssl_context, backlog=1024,

@@ -1,0 +1,322 @@
+"""The SD's HTTP server in-process, over the inventory simulator, on real loopback sockets.
+
+Each test drives it with blocking clients from the test thread while the
+server runs on its own event loop thread, the way Prometheus and a browser
+would talk to it; hostile requests go through raw sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import requests
+from aiohttp import web
+
+from sensor_sd import server
+from sensor_sd.config import ListenAddress, Settings, Source
+from sensor_sd.inventory import Client
+from sensor_sd.metrics import Metrics
+from sensor_sd.sim import inventory as inventory_sim
+from sensor_sd.sim._common import start_app
+from sensor_sd.sync import Discoverer
+from sensor_sd.targets import hashmod
+
+T = TypeVar("T")
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Served:
+    """sensor-sd's app and the inventory simulator, both served on one loop thread."""
+
+    loop: asyncio.AbstractEventLoop
+    discoverer: Discoverer
+    inventory: web.Application
+    inventory_url: str
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def run(self, coro: Awaitable[T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def set_inventory(self, names: list[str]) -> None:
+        assert requests.put(f"{self.inventory_url}/admin/sensors", json=names, timeout=5).status_code == 200
+
+    def inventory_requests(self) -> float:
+        text = requests.get(f"{self.inventory_url}/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('inventory_sim_http_requests_total{') and 'path="/inventory"' in line)
+
+
+def _serve(poll: bool, sensors: int = 300) -> Iterator[Served]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cleanups: list[Callable[[], Awaitable[Any]]] = []
+
+    async def setup() -> Served:
+        inv_app = inventory_sim.make_app(sensors, seed=1)
+        inv_runner, inv_port = await start_app(inv_app, HOST, 0)
+        cleanups.append(inv_runner.cleanup)
+        inv_url = f"http://{HOST}:{inv_port}"
+        settings = Settings(sources=(Source("inv", f"{inv_url}/inventory"),), targets_file=None,
+                            update_interval=300, listen_address=ListenAddress(HOST, 0), max_drop_ratio=1.0)
+        client = Client(settings)
+        await client.__aenter__()
+        cleanups.append(lambda: client.__aexit__(None, None, None))
+        metrics = Metrics()
+        discoverer = Discoverer(settings, client, metrics, logging.getLogger("sensor_sd.test"))
+        if poll:
+            await discoverer.poll_all()
+        runner = await server.start(server.make_app(discoverer, metrics), settings)
+        cleanups.append(runner.cleanup)
+        port = runner.addresses[0][1]
+        return Served(loop, discoverer, inv_app, inv_url, port)
+
+    served = asyncio.run_coroutine_threadsafe(setup(), loop).result(30)
+    try:
+        yield served
+    finally:
+        for cleanup in reversed(cleanups):
+            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def sd() -> Iterator[Served]:
+    yield from _serve(poll=True)
+
+
+@pytest.fixture
+def sd_empty() -> Iterator[Served]:
+    """Never polled: no snapshot yet."""
+    yield from _serve(poll=False)
+
+
+def raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return the status line of the answer (b'' when the server just closed)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def targets_of(body: bytes) -> set[str]:
+    return {t for group in orjson.loads(body) for t in group["targets"]}
+
+
+# --- /targets ---------------------------------------------------------------
+
+
+def test_targets_shape_etag_and_304(sd: Served) -> None:
+    r = requests.get(sd.url("/targets"), timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/json"
+    groups = r.json()
+    assert groups == [{"targets": sorted(f"sensor_{i}:9100" for i in range(300)),
+                       "labels": {"__metrics_path__": "/metrics", "source": "inv"}}]
+    etag = r.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = requests.get(sd.url("/targets"), headers={"If-None-Match": header}, timeout=5)
+        assert again.status_code == 304, header
+        assert again.content == b"" and again.headers["ETag"] == etag
+    assert requests.get(sd.url("/targets"), headers={"If-None-Match": '"stale"'}, timeout=5).status_code == 200
+
+
+def test_head_targets_has_headers_and_no_body(sd: Served) -> None:
+    get = requests.get(sd.url("/targets"), timeout=5)
+    head = requests.head(sd.url("/targets"), timeout=5)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["ETag"] == get.headers["ETag"]
+    assert int(head.headers["Content-Length"]) == len(get.content)
+
+
+def test_before_first_snapshot_503_never_empty_list(sd_empty: Served) -> None:
+    r = requests.get(sd_empty.url("/targets"), timeout=5)
+    assert r.status_code == 503
+    assert r.json()["status"] == "error" and "snapshot" in r.json()["error"]
+    assert requests.get(sd_empty.url("/targets?shard=0&shards=2"), timeout=5).status_code == 503
+    assert requests.get(sd_empty.url("/-/ready"), timeout=5).status_code == 503
+    assert requests.get(sd_empty.url("/-/healthy"), timeout=5).status_code == 200
+    page = requests.get(sd_empty.url("/"), timeout=5)
+    assert page.status_code == 200 and "not ready" in page.text
+
+
+@pytest.mark.parametrize("query", [
+    "shard=3&shards=3", "shard=0&shards=0", "shard=a&shards=2", "shard=-1&shards=2", "shard=0",
+    "shards=2", "shard=0&shards=1001", "shard=1.5&shards=3", "shard=%C2%B2&shards=3", "shard=&shards=",
+    "shard=0&shards=99999999999999999999999999",
+])
+def test_bad_shard_params_are_400_with_a_reason(sd: Served, query: str) -> None:
+    r = requests.get(sd.url(f"/targets?{query}"), timeout=5)
+    assert r.status_code == 400, query
+    assert "shard" in r.text
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7])
+def test_shards_partition_the_targets_by_hashmod(sd: Served, total: int) -> None:
+    full = targets_of(requests.get(sd.url("/targets"), timeout=5).content)
+    seen: set[str] = set()
+    for index in range(total):
+        r = requests.get(sd.url(f"/targets?shard={index}&shards={total}"), timeout=5)
+        assert r.status_code == 200
+        part = targets_of(r.content)
+        assert part == {t for t in full if hashmod(t, total) == index}
+        assert not part & seen
+        seen |= part
+        etag = r.headers["ETag"]
+        assert requests.get(sd.url(f"/targets?shard={index}&shards={total}"), headers={"If-None-Match": etag},
+                            timeout=5).status_code == 304
+    assert seen == full
+
+
+def test_shard_cache_follows_a_new_snapshot(sd: Served) -> None:
+    before = requests.get(sd.url("/targets?shard=0&shards=2"), timeout=5)
+    sd.set_inventory([f"sensor_{i}" for i in range(250)] + ["new-host.example:9200"])
+    assert requests.post(sd.url("/-/refresh"), timeout=10).status_code == 200
+    after = requests.get(sd.url("/targets?shard=0&shards=2"), timeout=5)
+    assert after.headers["ETag"] != before.headers["ETag"]
+    expected = {t for t in [f"sensor_{i}:9100" for i in range(250)] + ["new-host.example:9200"]
+                if hashmod(t, 2) == 0}
+    assert targets_of(after.content) == expected
+
+
+# --- methods, paths, refresh --------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/targets", "GET"), ("DELETE", "/targets", "GET"), ("POST", "/targets", "GET"),
+    ("GET", "/-/refresh", "POST"), ("DELETE", "/-/refresh", "POST"), ("POST", "/", "GET"),
+])
+def test_wrong_method_is_405_with_allow(sd: Served, method: str, path: str, allow: str) -> None:
+    r = requests.request(method, sd.url(path), timeout=5)
+    assert r.status_code == 405
+    assert allow in r.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["/nope", "/targets/", "/TARGETS", "/-/", "/..%2f..%2fetc/passwd", "/favicon.png"])
+def test_unknown_path_is_404(sd: Served, path: str) -> None:
+    assert requests.get(sd.url(path), timeout=5).status_code == 404
+
+
+def test_favicon_is_an_empty_success(sd: Served) -> None:
+    r = requests.get(sd.url("/favicon.ico"), timeout=5)
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_refresh_publishes_before_answering_and_coalesces(sd: Served) -> None:
+    sd.set_inventory([f"sensor_{i}" for i in range(10)])
+    before = sd.inventory_requests()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: requests.post(sd.url("/-/refresh"), timeout=10), range(8)))
+    assert all(a.status_code == 200 for a in answers)
+    assert all(a.json()["status"] == "success" and a.json()["targets"] == 10 for a in answers)
+    # All eight shared one poll (or, at worst, two when one arrived after the first finished).
+    assert sd.inventory_requests() - before <= 2
+    assert targets_of(requests.get(sd.url("/targets"), timeout=5).content) == {f"sensor_{i}:9100" for i in range(10)}
+
+
+def test_refresh_failure_is_502_and_keeps_targets(sd: Served) -> None:
+    etag = requests.get(sd.url("/targets"), timeout=5).headers["ETag"]
+    assert requests.put(f"{sd.inventory_url}/admin/fault", json={"mode": "status", "code": 503}, timeout=5).ok
+    r = requests.post(sd.url("/-/refresh"), timeout=10)
+    assert r.status_code == 502
+    body = r.json()
+    assert body["status"] == "error" and body["targets"] == 300 and "503" in body["sources"][0]["error"]
+    assert requests.get(sd.url("/targets"), timeout=5).headers["ETag"] == etag
+
+
+# --- hostile clients --------------------------------------------------------
+
+
+def test_oversized_headers_are_rejected_and_the_server_lives_on(sd: Served) -> None:
+    one_big = b"GET /targets HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n"
+    many_big = b"GET /targets HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"a" * 8000) for i in range(8)) + b"\r\n"  # 64 KB, each line under the cap
+    many = b"GET /targets HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: a\r\n" % i for i in range(200)) + b"\r\n"
+    long_url = b"GET /targets?" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw(sd.port, one_big).split(b" ")[1] in (b"400", b"431")
+    assert raw(sd.port, many_big).split(b" ")[1] == b"431"
+    assert raw(sd.port, many).split(b" ")[1] in (b"400", b"431")
+    assert raw(sd.port, long_url).split(b" ")[1] in (b"400", b"414")
+    assert raw(sd.port, b"\x16\x03\x01garbage\r\n\r\n").split(b" ")[1:2] in ([b"400"], [])
+    assert requests.get(sd.url("/targets"), timeout=5).status_code == 200
+
+
+def test_request_body_is_capped(sd: Served) -> None:
+    r = requests.post(sd.url("/-/refresh"), data=b"x" * 100_000, timeout=10)
+    assert r.status_code in (200, 413)  # the handler never reads it; either way nothing is buffered
+    assert requests.get(sd.url("/-/healthy"), timeout=5).status_code == 200
+
+
+def test_slow_clients_do_not_stall_others(sd: Served) -> None:
+    sd.set_inventory([f"sensor_{i}" for i in range(20_000)])
+    assert requests.post(sd.url("/-/refresh"), timeout=10).status_code == 200
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(20):  # slowloris: half a request line, then nothing
+            s = socket.create_connection((HOST, sd.port))
+            s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(s)
+        for _ in range(5):  # asks for ~300 KB of targets and never reads the answer
+            s = socket.create_connection((HOST, sd.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            slow.append(s)
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda p: requests.get(sd.url(p), timeout=5).status_code,
+                                  ["/-/healthy", "/targets", "/targets?shard=1&shards=2", "/"] * 10))
+        assert codes == [200] * 40
+        assert time.monotonic() - started < 5
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_many_idle_connections_do_not_block_healthy(sd: Served) -> None:
+    conns: list[socket.socket] = []
+    try:
+        for i in range(800):
+            s = socket.create_connection((HOST, sd.port))
+            if i % 2:
+                s.sendall(b"GET /-/healthy HTTP/1.1\r\n")  # unfinished request
+            conns.append(s)
+        started = time.monotonic()
+        r = requests.get(sd.url("/-/healthy"), timeout=5)
+        assert r.status_code == 200 and "healthy" in r.text
+        assert time.monotonic() - started < 1.0
+    finally:
+        for s in conns:
+            s.close()
+    assert requests.get(sd.url("/-/ready"), timeout=5).status_code == 200
+
+
+def test_status_page_headers_forbid_scripts(sd: Served) -> None:
+    r = requests.get(sd.url("/"), timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/html")
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert '<span class="big" id="target-count">300</span>' in r.text

@@ -1,0 +1,275 @@
+"""WEB_CONFIG_FILE: the exporter-toolkit format, hostile files, and basic auth on a live loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+import requests
+import trustme
+from aiohttp import web
+
+from sensor_sd import webconfig
+from sensor_sd.sim._common import start_app
+from sensor_sd.webconfig import BasicAuth, install, load_web_config
+
+HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+SLOW_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()  # ~60 ms a check, as in production
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path, ca: trustme.CA) -> Path:
+    """cert.pem/key.pem/ca.pem next to where the web config is written."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    return tmp_path
+
+
+def write(dir_: Path, text: str) -> Path:
+    path = dir_ / "web.yml"
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_resolve_against_the_file(tls_dir: Path) -> None:
+    path = write(tls_dir, f"tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+                          f"basic_auth_users:\n  prometheus: {HASH}\n")
+    cfg = load_web_config(path)
+    assert cfg.tls is not None and cfg.tls.cert_file == tls_dir / "cert.pem"
+    assert cfg.users == (("prometheus", HASH),)
+    assert cfg.unauthenticated_paths == frozenset()  # like exporter-toolkit: every path needs auth
+
+
+def test_full_config_is_accepted(tls_dir: Path) -> None:
+    path = write(tls_dir, f"""
+tls_server_config:
+  cert_file: {tls_dir / 'cert.pem'}
+  key_file: key.pem
+  client_ca_file: ca.pem
+  client_auth_type: VerifyClientCertIfGiven
+  client_allowed_sans: [client.example]
+  min_version: TLS12
+  max_version: TLS13
+  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]
+  prefer_server_cipher_suites: false
+http_server_config:
+  http2: true
+  headers:
+    X-Frame-Options: deny
+    Strict-Transport-Security: max-age=31536000
+basic_auth_users:
+  alice: {HASH}
+  "123": {HASH}
+sensor_sd:
+  unauthenticated_paths: ["/-/healthy", "/-/ready"]
+""")
+    cfg = load_web_config(path)
+    assert cfg.tls is not None and cfg.tls.client_auth_type == "VerifyClientCertIfGiven"
+    assert cfg.unauthenticated_paths == {"/-/healthy", "/-/ready"}
+    assert dict(cfg.headers) == {"X-Frame-Options": "deny", "Strict-Transport-Security": "max-age=31536000"}
+
+
+def test_inline_cert_and_key(tls_dir: Path) -> None:
+    cert = (tls_dir / "cert.pem").read_text()
+    key = (tls_dir / "key.pem").read_text()
+    indent = lambda text: "\n".join("    " + line for line in text.splitlines())  # noqa: E731
+    path = write(tls_dir, f"tls_server_config:\n  cert: |\n{indent(cert)}\n  key: |\n{indent(key)}\n")
+    cfg = load_web_config(path)
+    assert webconfig.tls_context(cfg.tls) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "tls_server_config:\nbasic_auth_users:\n"])
+def test_empty_config_means_plain_http_without_auth(tmp_path: Path, text: str) -> None:
+    cfg = load_web_config(write(tmp_path, text))
+    assert cfg.tls is None and cfg.users == ()
+    assert install(web.Application(), cfg) is None
+
+
+HOSTILE = [
+    ("tls_server_config: [\n", "valid YAML at line"),
+    ("basic_auth_users:\n  a: 'x\n", "valid YAML"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("just a string\n", "top level must be a mapping"),
+    ("tls_server_confg:\n  cert_file: cert.pem\n", "unknown key 'tls_server_confg'"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  certfile: x\n", "unknown key 'certfile'"),
+    ("http_server_config:\n  http3: true\n", "unknown key 'http3'"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  cert_file: key.pem\n", "duplicate key 'cert_file'"),
+    ("tls_server_config:\n  cert_file: missing.pem\n  key_file: key.pem\n", "cert_file: cannot read"),
+    ("tls_server_config:\n  cert_file: cert.pem\n", "key_file is missing"),
+    ("tls_server_config:\n  key_file: key.pem\n", "cert_file is missing"),
+    ("tls_server_config:\n  cert_file: key.pem\n  key_file: key.pem\n", "cannot be loaded together"),
+    ("tls_server_config:\n  cert_file: web.yml\n  key_file: key.pem\n", "cannot be loaded together"),
+    ("tls_server_config:\n  cert_file: [cert.pem]\n  key_file: key.pem\n", "cert_file must be a string, got a list"),
+    ("tls_server_config: cert.pem\n", "tls_server_config must be a mapping, got a string"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  min_version: 12\n",
+     "min_version must be a string, got an integer"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  min_version: TLS99\n", "'TLS99' is not one of"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  min_version: TLS13\n  max_version: TLS12\n",
+     "min_version is above max_version"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  cipher_suites: TLS_AES_128_GCM_SHA256\n",
+     "cipher_suites must be a list of strings"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  cipher_suites: [TLS_FAKE]\n",
+     "unknown cipher suite 'TLS_FAKE'"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  prefer_server_cipher_suites: 'yes'\n",
+     "must be a boolean"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  curve_preferences: [X25519]\n",
+     "'curve_preferences' is not supported"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_auth_type: RequireAnyClientCert\n",
+     "RequireAnyClientCert is not supported"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_auth_type: Sometimes\n",
+     "'Sometimes' is not one of"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_ca_file: ca.pem\n",
+     "client CAs are configured without a client_auth_type"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_auth_type: RequireAndVerifyClientCert\n",
+     "needs client_ca_file"),
+    ("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_auth_type: VerifyClientCertIfGiven\n"
+     "  client_ca_file: key.pem\n", "client CA cannot be loaded"),
+    ("basic_auth_users:\n  alice: s3cret\n", "basic_auth_users.alice is not a bcrypt hash"),
+    ("basic_auth_users:\n  alice: $2y$99$" + "a" * 53 + "\n", "is not a bcrypt hash"),
+    ("basic_auth_users:\n  alice: " + HASH[:-1] + "\n", "is not a bcrypt hash"),
+    ("basic_auth_users:\n  alice: 12345\n", "must be a bcrypt hash string, got an integer"),
+    ("basic_auth_users:\n  alice:\n", "must be a bcrypt hash string, got empty"),
+    ("basic_auth_users:\n  123: " + HASH + "\n", "(quote it)"),
+    ("basic_auth_users:\n  'a:b': " + HASH + "\n", "cannot contain ':'"),
+    ("basic_auth_users: [alice]\n", "basic_auth_users must be a mapping, got a list"),
+    ("http_server_config:\n  headers:\n    Server: evil\n", "header 'Server' can not be configured"),
+    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "'allow' is not one of deny, sameorigin"),
+    ("http_server_config:\n  http2: 1\n", "http2 must be a boolean"),
+    ("rate_limit:\n  interval: 1s\n", "'rate_limit' is not supported"),
+    ("sensor_sd:\n  unauthenticated_paths: [/targets]\n", "'/targets' cannot be opened"),
+    ("sensor_sd:\n  unauthenticated_paths: /-/healthy\n", "must be a list of strings"),
+    ("sensor_sd:\n  open_paths: []\n", "unknown key 'open_paths'"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), HOSTILE, ids=[r for _, r in HOSTILE])
+def test_hostile_config_is_rejected_with_a_clear_reason(tls_dir: Path, text: str, reason: str) -> None:
+    with pytest.raises(ValueError) as info:
+        load_web_config(write(tls_dir, text))
+    assert reason in str(info.value)
+    assert "\n" not in str(info.value)  # one line: it ends up in the exit-2 message
+
+
+def test_unreadable_and_huge_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="readable"):
+        load_web_config(tmp_path / "absent.yml")
+    big = tmp_path / "big.yml"
+    big.write_text("# " + "x" * (2 * 1024 * 1024))
+    with pytest.raises(ValueError, match="at most"):
+        load_web_config(big)
+
+
+@pytest.mark.parametrize("via_flag", [False, True])
+def test_run_with_bad_web_config_exits_2_naming_it(tmp_path: Path, via_flag: bool) -> None:
+    path = write(tmp_path, "basic_auth_users:\n  alice: not-a-hash\n")
+    env = {"PATH": "/usr/bin:/bin", "LISTEN_ADDRESS": "127.0.0.1:1", "TARGETS_FILE": "",
+           "INVENTORY_URL": "http://127.0.0.1:1/inventory"}
+    args = ["--web-config-file", str(path)] if via_flag else []
+    if not via_flag:
+        env["WEB_CONFIG_FILE"] = str(path)
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", "run", *args], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WEB_CONFIG_FILE" in lines[0] and "not a bcrypt hash" in lines[0]
+    assert proc.stdout == ""
+
+
+# --- basic auth -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer abc", "Basic", "Basic !!!notbase64",
+                                    "Basic " + base64.b64encode(b"no-colon").decode(),
+                                    "Basic " + base64.b64encode(b"\xff\xfe:x").decode()])
+def test_malformed_authorization_headers_are_no_credentials(header: str | None) -> None:
+    assert BasicAuth.credentials(header) is None
+
+
+def _basic(user: str, password: str | bytes) -> str:
+    raw = password if isinstance(password, bytes) else password.encode()
+    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
+
+
+def test_basic_auth_checks() -> None:
+    async def main() -> list[bool]:
+        auth = BasicAuth((("alice", HASH),))
+        return [await auth.check(_basic("alice", "s3cret")), await auth.check(_basic("alice", "s3cret")),
+                await auth.check(_basic("alice", "wrong")), await auth.check(_basic("bob", "s3cret")),
+                await auth.check(_basic("alice", "x" * 100)), await auth.check(_basic("alice", "s3cret\x00")),
+                await auth.check("basic " + base64.b64encode(b"alice:s3cret").decode())]
+
+    assert asyncio.run(main()) == [True, True, False, False, False, False, True]
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[str]:
+    """A tiny app behind install(): basic auth, /-/healthy opened for probes, one extra header."""
+    path = write(tmp_path, f"basic_auth_users:\n  alice: {SLOW_HASH}\nsensor_sd:\n  unauthenticated_paths: [/-/healthy]\n"
+                           "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    app = web.Application()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/-/healthy", ok)
+    app.router.add_get("/-/ready", ok)
+    app.router.add_get("/targets", ok)
+    app.router.add_post("/-/refresh", ok)
+    assert install(app, load_web_config(path)) is None
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(start_app(app, "127.0.0.1", 0), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_auth_middleware_on_a_live_server(auth_server: str) -> None:
+    good = {"Authorization": _basic("alice", "s3cret")}
+    bad = {"Authorization": _basic("alice", "nope")}
+    assert requests.get(f"{auth_server}/-/healthy", timeout=5).status_code == 200  # opened for probes
+    assert requests.post(f"{auth_server}/-/healthy", timeout=5).status_code in (401, 405)
+    for path in ("/targets", "/-/ready", "/nope"):
+        r = requests.get(f"{auth_server}{path}", timeout=5)
+        assert r.status_code == 401, path
+        assert r.headers["WWW-Authenticate"].startswith("Basic")
+        assert requests.get(f"{auth_server}{path}", headers=bad, timeout=5).status_code == 401
+    r = requests.get(f"{auth_server}/targets", headers=good, timeout=5)
+    assert r.status_code == 200 and r.headers["X-Frame-Options"] == "deny"
+    assert requests.post(f"{auth_server}/-/refresh", timeout=5).status_code == 401
+    assert requests.post(f"{auth_server}/-/refresh", headers=good, timeout=5).status_code == 200
+    assert requests.get(f"{auth_server}/nope", headers=good, timeout=5).status_code == 404
+
+
+def test_wrong_passwords_do_not_block_the_loop(auth_server: str) -> None:
+    """bcrypt runs in threads: /-/healthy answers quickly during a burst of bad passwords."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = {"Authorization": _basic("alice", "nope")}
+    with ThreadPoolExecutor(16) as pool:
+        burst = [pool.submit(requests.get, f"{auth_server}/targets", headers=bad, timeout=10) for _ in range(32)]
+        time.sleep(0.05)  # not readiness: lets the burst reach the server first, which is the point of the test
+        started = time.monotonic()
+        assert requests.get(f"{auth_server}/-/healthy", timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.3
+        assert all(f.result().status_code == 401 for f in burst)
