@@ -1,0 +1,156 @@
+"""The inventory client: body checks, size cap, conditional GET, bearer token, CA bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trustme
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sensor_sd import config
+from sensor_sd.config import Source
+from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, StatusError
+from sensor_sd.inventory import Client, Validators, parse_body
+
+
+@pytest.mark.parametrize("body", [b"", b"[", b'{"a": 1}', b'"x"', b"1", b"null", b"\xff\xfe[]", b'["\xff"]',
+                                  b"<html>oops</html>", b'["a",]', b"[1] [2]"])
+def test_parse_body_rejects_non_arrays_whole(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        parse_body(body)
+
+
+def test_parse_body_accepts_any_array() -> None:
+    assert parse_body(b'["a", 1, null]') == ["a", 1, None]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def serve(handler: Handler, test: Callable[[str, TestServer], Awaitable[None]],
+          ssl_context: ssl.SSLContext | None = None) -> None:
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/inventory", handler)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(ssl=ssl_context)
+        try:
+            scheme = "https" if ssl_context else "http"
+            await test(f"{scheme}://localhost:{server.port}/inventory", server)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def settings(url: str, **env: str) -> config.Settings:
+    return config.load({}, {"INVENTORY_URL": f"inv={url}", "TARGETS_FILE": "", **env})
+
+
+def test_conditional_get_and_304(tmp_path: Path) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")))
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304)
+        return web.Response(body=b'["a"]', headers={"ETag": '"v1"', "Last-Modified": "Wed, 01 Jan 2025 00:00:00 GMT"})
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url)) as client:
+            first = await client.fetch(Source("inv", url), Validators())
+            assert first.body == b'["a"]'
+            second = await client.fetch(Source("inv", url), first.validators)
+            assert second.body is None and second.validators == first.validators
+
+    serve(handler, test)
+    assert seen == [(None, None), ('"v1"', "Wed, 01 Jan 2025 00:00:00 GMT")]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_is_cut_at_the_cap(chunked: bool) -> None:
+    sent = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse()
+        if not chunked:
+            resp.content_length = 50 * 1024 * 1024
+        await resp.prepare(request)
+        block = b"[" + b'"sensor_0",' * 10000
+        try:
+            for _ in range(5000):
+                await resp.write(block)
+                sent += len(block)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url, MAX_RESPONSE_BYTES="1000000")) as client:
+            with pytest.raises(BodyTooLarge):
+                await client.fetch(Source("inv", url), Validators())
+
+    serve(handler, test)
+    assert sent < 20 * 1024 * 1024  # the read stopped long before the 50 MB body ended
+
+
+def test_status_error() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="down for maintenance")
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url)) as client:
+            with pytest.raises(StatusError, match="503"):
+                await client.fetch(Source("inv", url), Validators())
+
+    serve(handler, test)
+
+
+def test_bearer_token_is_sent_and_reread(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(body=b"[]")
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url, INVENTORY_TOKEN_FILE=str(token))) as client:
+            await client.fetch(Source("inv", url), Validators())
+            token.write_text("second-token")
+            await client.fetch(Source("inv", url), Validators())
+            token.unlink()
+            with pytest.raises(FetchError, match="INVENTORY_TOKEN_FILE") as info:
+                await client.fetch(Source("inv", url), Validators())
+            assert "token" not in str(info.value).replace("INVENTORY_TOKEN_FILE", "")
+
+    serve(handler, test)
+    assert seen == ["Bearer first-token", "Bearer second-token"]
+
+
+def test_https_with_ca_file(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b'["tls_sensor"]')
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url, INVENTORY_CA_FILE=str(ca_file))) as client:
+            assert (await client.fetch(Source("inv", url), Validators())).body == b'["tls_sensor"]'
+        async with Client(settings(url)) as client:  # system CAs do not trust it
+            with pytest.raises(FetchError):
+                await client.fetch(Source("inv", url), Validators())
+
+    serve(handler, test, server_ctx)
