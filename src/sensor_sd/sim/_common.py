@@ -6,6 +6,7 @@ Kept private so `inventory` and `fleet` expose only the fixed interface
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import socket
@@ -195,3 +196,49 @@ def serve_forever(app: web.Application, host: str, port: int, banner: Callable[[
 def url_host(host: str, port: int) -> str:
     """host:port for URLs, bracketing IPv6 literals."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- argparse value types shared by the simulators' flags -------------------
+
+
+def count_arg(text: str) -> int:
+    """A non-negative integer flag value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    """A port flag value; 0 asks the kernel for an ephemeral port."""
+    value = count_arg(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return value
+
+
+def seconds_arg(*, allow_zero: bool) -> Callable[[str], float]:
+    """A finite number of seconds, > 0 (or >= 0 with allow_zero)."""
+    word = "non-negative" if allow_zero else "positive"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a {word} number of seconds, got {text!r}")
+        return value
+
+    return parse
+
+
+def module_main(prog: str, doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """`python -m sensor_sd.sim.X`: the same as `sensor-sd X`."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

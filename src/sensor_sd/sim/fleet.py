@@ -36,6 +36,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sensor_sd.sim._common import (
+    module_main,
+    port_arg,
+    seconds_arg,
     CLIENT_MAX_SIZE,
     AdminError,
     abort_with_rst,
@@ -404,26 +407,6 @@ def make_app(
 
 # -- CLI -------------------------------------------------------------------
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def _http_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"expected an http(s) URL, got {text!r}")
@@ -433,15 +416,15 @@ def _http_url(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `sensor-sd fleet`."""
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=9101, help="listen port = Prometheus proxy_url port, 0 = ephemeral (default 9101)")
+    parser.add_argument("--port", type=port_arg, default=9101, help="listen port = Prometheus proxy_url port, 0 = ephemeral (default 9101)")
     parser.add_argument(
         "--inventory-url",
         type=_http_url,
         default=None,
         help="if set, only hosts currently in this inventory answer; others get 502",
     )
-    parser.add_argument("--inventory-refresh", type=_positive_float, default=5.0, help="seconds between inventory refreshes (default 5)")
-    parser.add_argument("--sensor-port", type=_port, default=9100, help="port the sensors listen on (default 9100)")
+    parser.add_argument("--inventory-refresh", type=seconds_arg(allow_zero=False), default=5.0, help="seconds between inventory refreshes (default 5)")
+    parser.add_argument("--sensor-port", type=port_arg, default=9100, help="port the sensors listen on (default 9100)")
     parser.add_argument("--down", default="", help="comma-separated sensors that start down, e.g. sensor_1,sensor_2")
 
 
@@ -464,10 +447,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sensor_sd.sim.fleet`: the same as `sensor-sd fleet`."""
-    parser = argparse.ArgumentParser(prog="sensor-sd fleet", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return module_main("sensor-sd fleet", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sensor_sd.sim._common import (
+    count_arg,
+    module_main,
+    port_arg,
+    seconds_arg,
     CLIENT_MAX_SIZE,
     AdminError,
     abort_with_rst,
@@ -655,41 +659,14 @@ def make_app(
 
 # -- CLI -------------------------------------------------------------------
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `sensor-sd inventory-server`."""
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=1337, help="listen port, 0 = ephemeral (default 1337)")
-    parser.add_argument("--sensors", type=_non_negative_int, default=100, help="serve sensor_0..sensor_{N-1} (default 100)")
-    parser.add_argument("--churn-add", type=_non_negative_int, default=0, help="sensors added per churn step")
-    parser.add_argument("--churn-remove", type=_non_negative_int, default=0, help="random sensors removed per churn step")
-    parser.add_argument("--churn-every", type=_non_negative_float, default=0.0, help="seconds between churn steps (0 = off)")
+    parser.add_argument("--port", type=port_arg, default=1337, help="listen port, 0 = ephemeral (default 1337)")
+    parser.add_argument("--sensors", type=count_arg, default=100, help="serve sensor_0..sensor_{N-1} (default 100)")
+    parser.add_argument("--churn-add", type=count_arg, default=0, help="sensors added per churn step")
+    parser.add_argument("--churn-remove", type=count_arg, default=0, help="random sensors removed per churn step")
+    parser.add_argument("--churn-every", type=seconds_arg(allow_zero=True), default=0.0, help="seconds between churn steps (0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="seed for churn/removal randomness (reproducible runs)")
 
 
@@ -711,10 +688,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sensor_sd.sim.inventory`: the same as `sensor-sd inventory-server`."""
-    parser = argparse.ArgumentParser(prog="sensor-sd inventory-server", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return module_main("sensor-sd inventory-server", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

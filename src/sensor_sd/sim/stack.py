@@ -4,14 +4,23 @@
 the same pieces through `Stack` with ephemeral ports and a temporary
 directory. Prometheus' configuration is derived from the shipped
 `deploy/prometheus/prometheus.yml` (hosts rewritten to loopback, sensors
-reached through the fleet's `proxy_url`), and the shipped rule files are used
-unchanged, so the demo runs what production runs.
+reached through the fleet's `proxy_url`), the shipped rule files are used
+unchanged and Alertmanager runs the shipped routing, so the demo runs what
+production runs. A development tool: it reads `deploy/` from the checkout and
+needs PyYAML (the `test` extra).
+
+Every child runs in its own session (Ctrl-C in a terminal reaches only this
+process, which stops the children in reverse order) and, on Linux, is told
+by the kernel to terminate if this process dies without cleaning up, so a
+killed `make run` leaves no orphans holding the ports.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import json
 import os
 import shutil
 import signal
@@ -43,6 +52,7 @@ def free_port() -> int:
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """True when a listener holds `port`; SO_REUSEADDR so TIME_WAIT left by a previous run does not count."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -53,7 +63,11 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; StackError after `timeout` seconds."""
+    """Poll `predicate` until it returns something truthy; StackError after `timeout` seconds.
+
+    A StackError raised by the predicate (e.g. "the process exited") ends the
+    wait at once: nothing will become ready any more.
+    """
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while True:
@@ -61,6 +75,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             value = predicate()
             if value:
                 return value
+        except StackError:
+            raise
         except Exception as exc:  # noqa: BLE001 - readiness probes fail in many ways until ready
             last = exc
         if time.monotonic() > deadline:
@@ -96,14 +112,25 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM to the child's process group (its own session), SIGKILL after `timeout`; reaps it.
+
+        The group is signalled only while the leader is unreaped, so the group id
+        cannot belong to anyone else yet.
+        """
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self._signal_group(signal.SIGKILL)
                 self.popen.wait()
         return int(self.popen.returncode)
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.popen.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            self.popen.send_signal(signum)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -112,13 +139,37 @@ class Proc:
             return ""
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook asking Linux to SIGTERM the child when its parent dies (no orphans after a kill -9).
+
+    The kernel ties this to the spawning *thread*: start children from a
+    thread that lives as long as the stack (the main thread in practice).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: preexec must not import or allocate much
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def spawn(name: str, argv: Sequence[str], logdir: Path, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> Proc:
+    """Start `argv` in its own session with output appended to `logdir/name.log`."""
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}.log"
     with open(log, "ab") as out:
         popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                                 preexec_fn=_die_with_parent())
     return Proc(name, popen, log)
 
 
@@ -133,6 +184,9 @@ def sensor_sd_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "sensor_sd", *args]
 
 
+PARTS = ("inventory", "fleet", "sd", "alertmanager", "prometheus")
+
+
 @dataclass(frozen=True)
 class Ports:
     inventory: int = 1337
@@ -143,11 +197,22 @@ class Ports:
 
     @classmethod
     def ephemeral(cls) -> Ports:
-        return cls(*(free_port() for _ in range(5)))
+        """Five distinct free ports: all sockets are held open together so the kernel cannot hand one out twice."""
+        with contextlib.ExitStack() as held:
+            socks = [held.enter_context(socket.socket()) for _ in range(5)]
+            for sock in socks:
+                sock.bind((LOOPBACK, 0))
+            return cls(*(int(sock.getsockname()[1]) for sock in socks))
+
+    def items(self) -> list[tuple[str, int]]:
+        """(part, port) pairs, in start order."""
+        return [(part, getattr(self, part)) for part in PARTS]
 
 
 @dataclass
 class StackConfig:
+    """What to run and where; everything the stack writes goes under `workdir`."""
+
     workdir: Path
     ports: Ports = field(default_factory=Ports)
     sensors: int = 100
@@ -155,13 +220,21 @@ class StackConfig:
     scrape_interval: str = "5s"
     evaluation_interval: str = "5s"
     extra_rule_files: tuple[Path, ...] = ()
+    # False loads only extra_rule_files: tests load a copy of the shipped rules
+    # with short `for:` and must not get every alert twice from two groups.
+    shipped_rules: bool = True
     sd_env: Mapping[str, str] = field(default_factory=dict)
     inventory_args: tuple[str, ...] = ()
+    fleet_args: tuple[str, ...] = ()
     http_sd: bool = False  # also add the sensors-http job (http_sd) to Prometheus
 
     @property
     def targets_file(self) -> Path:
         return self.workdir / "targets.json"
+
+    def rule_files(self) -> list[Path]:
+        shipped = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml")) if self.shipped_rules else []
+        return [*shipped, *self.extra_rule_files]
 
 
 def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
@@ -181,8 +254,7 @@ def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
     for am in doc.get("alerting", {}).get("alertmanagers", []):
         for sc in am.get("static_configs", []):
             sc["targets"] = [loopback(t) for t in sc["targets"]]
-    rules = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
-    doc["rule_files"] = [str(r) for r in rules] + [str(r) for r in cfg.extra_rule_files]
+    doc["rule_files"] = [str(r) for r in cfg.rule_files()]
     jobs = []
     for job in doc["scrape_configs"]:
         for sc in job.get("static_configs", []):
@@ -202,6 +274,20 @@ def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
     return doc
 
 
+def alertmanager_config() -> dict[str, Any]:
+    """The shipped alertmanager.yml with delivery removed: routing, grouping and inhibition unchanged.
+
+    The shipped receivers post to webhooks on other hosts; locally alerts are
+    read in Alertmanager's UI/API, and a dead webhook would only log a DNS
+    failure per group every group_interval.
+    """
+    import yaml
+
+    doc = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    doc["receivers"] = [{"name": r["name"]} for r in doc.get("receivers", [])]
+    return dict(doc)
+
+
 def _seconds(duration: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     for unit in ("ms", "s", "m", "h"):
@@ -216,6 +302,7 @@ class Stack:
     def __init__(self, cfg: StackConfig) -> None:
         self.cfg = cfg
         self.procs: dict[str, Proc] = {}
+        self.ready_seconds: dict[str, float] = {}  # per part, spawn to ready: where startup time goes
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         self.logdir = cfg.workdir / "logs"
 
@@ -230,25 +317,30 @@ class Stack:
         self.stop()
 
     def check_ports(self, parts: Sequence[str]) -> None:
+        """Fail before starting anything when a port is taken, naming each one (not a child's log later)."""
+        names = {"sd": "sensor-sd"}
         taken = [f"{part} port {getattr(self.cfg.ports, part)}" for part in parts
-                 if part not in self.procs and port_in_use(getattr(self.cfg.ports, part))]
+                 if names.get(part, part) not in self.procs and port_in_use(getattr(self.cfg.ports, part))]
         if taken:
-            raise StackError("already in use: " + ", ".join(taken) + " (stop what uses it or choose other ports)")
+            raise StackError("already in use on " + LOOPBACK + ": " + ", ".join(taken)
+                             + " (stop what listens there, or choose other ports: --<part>-port or <PART>_PORT)")
 
     def _start(self, name: str, argv: Sequence[str], ready_url: str, timeout: float = 30.0,
                env: Mapping[str, str] | None = None) -> Proc:
+        began = time.monotonic()
         proc = spawn(name, argv, self.logdir, env)
         self.procs[name] = proc
 
         def ready() -> bool:
             if not proc.alive():
-                raise StackError(f"{name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+                raise StackError(f"{name} exited with code {proc.popen.returncode} before it was ready")
             return http_ok(ready_url)
 
         try:
             wait_until(ready, timeout, f"{name} at {ready_url}")
         except StackError as exc:
             raise StackError(f"{exc}\n--- {name} log ---\n{proc.tail()}") from None
+        self.ready_seconds[name] = time.monotonic() - began
         return proc
 
     def start_inventory(self) -> Proc:
@@ -260,8 +352,11 @@ class Stack:
 
     def start_fleet(self) -> Proc:
         p = self.cfg.ports
+        # The fleet follows the inventory as often as sensor-sd does, so churned sensors answer when discovered.
         return self._start("fleet", sensor_sd_argv("fleet", "--host", LOOPBACK, "--port", str(p.fleet),
-                                                   "--inventory-url", self.url("inventory", "/inventory")),
+                                                   "--inventory-url", self.url("inventory", "/inventory"),
+                                                   "--inventory-refresh", str(self.cfg.update_interval),
+                                                   *self.cfg.fleet_args),
                            self.url("fleet", "/-/healthy"))
 
     def sd_env(self) -> dict[str, str]:
@@ -287,17 +382,31 @@ class Stack:
                 "--storage.tsdb.retention.time=1d", "--log.level=warn"]
         return self._start("prometheus", argv, self.url("prometheus", "/-/ready"), timeout=60)
 
+    def write_alertmanager_config(self) -> Path:
+        import yaml
+
+        path = self.cfg.workdir / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(alertmanager_config(), sort_keys=False))
+        return path
+
     def start_alertmanager(self) -> Proc:
-        argv = [binary("prometheus-alertmanager"), f"--config.file={DEPLOY / 'alertmanager' / 'alertmanager.yml'}",
+        argv = [binary("prometheus-alertmanager"), f"--config.file={self.write_alertmanager_config()}",
                 f"--storage.path={self.cfg.workdir / 'alertmanager'}",
                 f"--web.listen-address={LOOPBACK}:{self.cfg.ports.alertmanager}", "--cluster.listen-address=",
                 "--log.level=warn"]
         return self._start("alertmanager", argv, self.url("alertmanager", "/-/ready"), timeout=60)
 
-    def start(self, parts: Sequence[str] = ("inventory", "fleet", "sd", "alertmanager", "prometheus")) -> Stack:
+    def start(self, parts: Sequence[str] = PARTS) -> Stack:
+        """Start `parts` in order, each ready before the next; on any failure stop what was started.
+
+        sensor-sd must be *ready* (targets file written) when the inventory is
+        part of the start, so Prometheus reads the targets at its first load.
+        """
         self.check_ports(parts)
-        starters = {"inventory": self.start_inventory, "fleet": self.start_fleet, "sd": self.start_sd,
-                    "alertmanager": self.start_alertmanager, "prometheus": self.start_prometheus}
+        sd_ready = "/-/ready" if "inventory" in parts else "/-/healthy"
+        starters: dict[str, Callable[[], Proc]] = {
+            "inventory": self.start_inventory, "fleet": self.start_fleet, "sd": lambda: self.start_sd(sd_ready),
+            "alertmanager": self.start_alertmanager, "prometheus": self.start_prometheus}
         try:
             for part in parts:
                 starters[part]()
@@ -307,6 +416,7 @@ class Stack:
         return self
 
     def stop(self, name: str | None = None) -> None:
+        """Stop one part (by process name: inventory, fleet, sensor-sd, alertmanager, prometheus) or all, newest first."""
         names = [name] if name else list(reversed(self.procs))
         for n in names:
             proc = self.procs.pop(n, None)
@@ -316,7 +426,6 @@ class Stack:
     # --- queries used by make run and the tests
 
     def prometheus_query(self, query: str) -> list[dict[str, Any]]:
-        import json
         from urllib.parse import quote
 
         status, body = http_get(self.url("prometheus", f"/api/v1/query?query={quote(query)}"))
@@ -326,81 +435,161 @@ class Stack:
         return list(data["data"]["result"])
 
     def active_targets(self, job: str | None = None) -> list[dict[str, Any]]:
-        import json
-
         status, body = http_get(self.url("prometheus", "/api/v1/targets?state=active"))
         if status != 200:
             raise StackError(f"/api/v1/targets answered {status}")
         targets = json.loads(body)["data"]["activeTargets"]
         return [t for t in targets if job is None or t["labels"].get("job") == job]
 
+    def alertmanager_alerts(self, alertname: str | None = None) -> list[dict[str, Any]]:
+        """Alerts Alertmanager holds (active, suppressed and unprocessed; resolved ones drop out)."""
+        from urllib.parse import quote
+
+        query = f"?filter={quote(f'alertname={json.dumps(alertname)}')}" if alertname else ""
+        status, body = http_get(self.url("alertmanager", f"/api/v2/alerts{query}"))
+        if status != 200:
+            raise StackError(f"/api/v2/alerts answered {status}: {body[:300]!r}")
+        return list(json.loads(body))
+
+    def rss_bytes(self, name: str) -> int:
+        """Resident memory of a running part, from /proc/PID/status (Linux)."""
+        return proc_status_kib(self.procs[name].popen.pid, "VmRSS") * 1024
+
+    def sensors_up(self, since: float = 0.0) -> int:
+        """Targets of the file_sd job whose latest scrape, after unix time `since`, succeeded.
+
+        `since` matters with a reused ./data: samples of an earlier run stay
+        visible for the 5 minute lookback and would count as up.
+        """
+        result = self.prometheus_query(f'count(up{{job="sensors"}} == 1 and timestamp(up{{job="sensors"}}) > {since:.3f})')
+        return int(float(result[0]["value"][1])) if result else 0
+
+    def all_sensors_up(self, sensors: int, since: float = 0.0) -> bool:
+        """At least `sensors` sensors up (churn may add more); False while Prometheus cannot answer."""
+        with contextlib.suppress(StackError, OSError, ValueError):
+            return self.sensors_up(since) >= sensors
+        return False
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    """A `kB` field (VmRSS, VmHWM, ...) of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0])
+    raise StackError(f"no {key} in /proc/{pid}/status")
+
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = Ports()
     p = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     p.add_argument("--sensors", type=int, default=100)
-    p.add_argument("--data-dir", type=Path, default=Path("data"))
-    p.add_argument("--update-interval", type=float, default=2.0)
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="state and logs (default ./data, git-ignored)")
+    p.add_argument("--update-interval", type=float, default=2.0, help="sensor-sd UPDATE_INTERVAL (default 2)")
+    p.add_argument("--scrape-interval", default="5s", help="Prometheus scrape/evaluation interval (default 5s)")
     p.add_argument("--churn", action="store_true", help="let the inventory add and remove sensors all the time")
+    p.add_argument("--measure", type=float, metavar="SECONDS", default=None,
+                   help="print startup time and Prometheus memory as JSON, again after SECONDS, then stop")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all sensors up (default 300)")
     for part in ("inventory", "fleet", "sd", "prometheus", "alertmanager"):
-        p.add_argument(f"--{part}-port", type=int, default=int(os.environ.get(f"{part.upper()}_PORT", getattr(d, part))))
+        p.add_argument(f"--{part}-port", type=int, default=int(os.environ.get(f"{part.upper()}_PORT", getattr(d, part))),
+                       help=f"default {getattr(d, part)}, or ${part.upper()}_PORT")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class _Interrupted(Exception):
+    """Ctrl-C/SIGTERM while starting: unwinds the start so everything begun is stopped."""
+
+
+@dataclass
+class _Run:
+    """Signal state of one `make run`, owned by main() (no module-level state)."""
+
+    stop: bool = False
+    starting: bool = True
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        self.stop = True
+        if self.starting:  # raise once only, so the cleanup that follows is not interrupted itself
+            self.starting = False
+            raise _Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     ports = Ports(args.inventory_port, args.fleet_port, args.sd_port, args.prometheus_port, args.alertmanager_port)
     inventory_args = ("--churn-add", "3", "--churn-remove", "2", "--churn-every", "20") if args.churn else ()
     cfg = StackConfig(args.data_dir.resolve(), ports, sensors=args.sensors, update_interval=args.update_interval,
+                      scrape_interval=args.scrape_interval, evaluation_interval=args.scrape_interval,
                       inventory_args=inventory_args, http_sd=True)
     stack = Stack(cfg)
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    started = time.monotonic()
+    run = _Run()
+    previous = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started, started_unix = time.monotonic(), time.time()
     try:
         print(f"starting the local stack in {cfg.workdir} (logs in {stack.logdir}) ...", flush=True)
+        # The inventory simulator starts afresh each run: a targets file left by
+        # an earlier run describes another fleet (and would trip the drop guard).
+        cfg.targets_file.unlink(missing_ok=True)
         stack.start()
-        wait_until(lambda: stop or _all_up(stack, args.sensors), 120, f"{args.sensors} sensors up in Prometheus", 0.5)
-        if not stop:
-            print(_banner(stack, time.monotonic() - started), flush=True)
-        while not stop:
+        wait_until(lambda: stack.all_sensors_up(args.sensors, started_unix), args.timeout,
+                   f"{args.sensors} sensors up in Prometheus", 0.5)
+        run.starting = False
+        elapsed = time.monotonic() - started
+        if args.measure is not None:
+            return _measure(stack, args.sensors, elapsed, args.measure, run)
+        print(_banner(stack, elapsed), flush=True)
+        while not run.stop:
             dead = [p.name for p in stack.procs.values() if not p.alive()]
             if dead:
                 print(f"stopped: {', '.join(dead)} exited; see {stack.logdir}", file=sys.stderr)
                 return 1
-            time.sleep(0.2)
+            time.sleep(0.2)  # the watch period of a long-running loop, not a readiness wait
+    except _Interrupted:
+        pass
     except StackError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 1
     finally:
+        run.starting = False
         stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print("local stack stopped.", flush=True)
     return 0
 
 
-def _all_up(stack: Stack, sensors: int) -> bool:
-    with contextlib.suppress(StackError, OSError, ValueError):
-        result = stack.prometheus_query('count(up{job="sensors"} == 1)')
-        return bool(result) and int(float(result[0]["value"][1])) >= sensors
-    return False
+def _measure(stack: Stack, sensors: int, elapsed: float, window: float, run: _Run) -> int:
+    """Startup time and Prometheus memory at all-up and after `window` seconds of steady scraping."""
+    pid = stack.procs["prometheus"].popen.pid
+    report: dict[str, Any] = {"sensors": sensors, "scrape_interval": stack.cfg.scrape_interval,
+                              "seconds_to_all_up": round(elapsed, 1),
+                              "ready_seconds": {k: round(v, 2) for k, v in stack.ready_seconds.items()},
+                              "prometheus_rss_mib_at_all_up": round(proc_status_kib(pid, "VmRSS") / 1024, 1)}
+    print(json.dumps(report), flush=True)
+    deadline = time.monotonic() + window
+    while not run.stop and time.monotonic() < deadline:
+        time.sleep(0.2)  # the measurement window itself, not a readiness wait
+    report.update({"after_seconds": window, "sensors_up": stack.sensors_up(time.time() - 2 * _seconds(stack.cfg.scrape_interval)),
+                   "prometheus_rss_mib_after": round(proc_status_kib(pid, "VmRSS") / 1024, 1),
+                   "prometheus_rss_mib_peak": round(proc_status_kib(pid, "VmHWM") / 1024, 1)})
+    print(json.dumps(report), flush=True)
+    return 0
 
 
 def _banner(stack: Stack, elapsed: float) -> str:
+    down = ("curl -X PUT -d '{\"sensors\": [\"sensor_1\", \"sensor_2\", \"sensor_3\"]}' "
+            + stack.url("fleet", "/admin/down"))
     return "\n".join([
-        f"local stack is up ({elapsed:.1f}s): all sensors are scraped by Prometheus.",
-        f"  Prometheus       {stack.url('prometheus', '/targets')}",
-        f"  Alertmanager     {stack.url('alertmanager')}",
-        f"  sensor-sd status {stack.url('sd', '/')}",
+        f"local stack is up ({elapsed:.1f}s from start to all {stack.cfg.sensors} sensors up in Prometheus).",
+        f"  Prometheus        {stack.url('prometheus', '/targets')}",
+        f"  Alertmanager      {stack.url('alertmanager')}",
+        f"  sensor-sd status  {stack.url('sd', '/')}",
         f"  sensor-sd http_sd {stack.url('sd', '/targets')}",
-        f"  inventory        {stack.url('inventory', '/inventory')}",
-        f"  fleet (proxy)    {stack.url('fleet', '/admin/state')}",
-        "Ctrl-C stops everything.",
+        f"  inventory         {stack.url('inventory', '/inventory')}  (admin: /admin/state)",
+        f"  fleet (proxy)     {stack.url('fleet', '/admin/state')}",
+        f"Take sensors down:  {down}",
+        "More in docs/local-stack.md. Ctrl-C stops everything.",
     ])
 
 
