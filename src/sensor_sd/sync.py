@@ -186,6 +186,7 @@ class Discoverer:
                 validated = await asyncio.to_thread(self._validate, response.body)
         except InventoryError as exc:
             duration = time.perf_counter() - started
+            m.request_duration.labels(source=name).observe(duration)
             return self._failed(st, exc, duration)
         st.validators = response.validators
         st.failures = 0
