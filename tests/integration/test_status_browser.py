@@ -1,0 +1,58 @@
+"""The status page in a real headless Chromium (Debian's, driven by Playwright): renders, no console errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import requests
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _browser_args() -> list[str]:
+    # Chromium refuses to run its sandbox as root (containers, CI); the page runs no script anyway.
+    return ["--no-sandbox"] if os.geteuid() == 0 else []
+
+
+def test_status_page_in_chromium(http_sd_env) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is installed by `make test` (apt-get install chromium)"
+    env = http_sd_env
+    env.refresh()
+    count = len(env.sd_targets())
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=_browser_args())
+        try:
+            # A phone-sized viewport: the page must read without sideways scrolling.
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+                    if msg.type in ("error", "warning") else None)
+            page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+            page.on("requestfailed", lambda req: problems.append(f"requestfailed: {req.url}"))
+            page.on("response", lambda resp: problems.append(f"HTTP {resp.status}: {resp.url}")
+                    if resp.status >= 400 else None)
+            response = page.goto(env.sd("/"), wait_until="load")
+            assert response is not None and response.status == 200
+            assert page.title().startswith("sensor-sd")
+            assert page.text_content("#target-count") == str(count)
+            last_poll = page.text_content("#last-poll") or ""
+            assert "UTC" in last_poll and "ago" in last_poll
+            assert page.locator("section.source h2").first.text_content().startswith("inventory")  # type: ignore[union-attr]
+            assert page.locator("section.source .badge").first.text_content() in ("success", "unchanged")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"page is {width}px wide on a 390px phone"
+            DOCS.mkdir(exist_ok=True)
+            page.screenshot(path=str(DOCS / "status-page.png"), full_page=False)
+            # Following the links works and a JSON page in the browser gets no favicon 404 either.
+            page.click('a[href="./targets"]')
+            page.wait_for_url("**/targets")
+            assert str(count) != "0" and "sensor_" in (page.text_content("body") or "")
+        finally:
+            browser.close()
+    assert problems == []
+    assert requests.get(env.sd("/favicon.ico"), timeout=5).status_code == 204
