@@ -111,13 +111,16 @@ class Client:
             raise FetchError(_describe(exc)) from None
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        buf = bytearray()
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            buf += chunk
-            if len(buf) > self._limit:
+        """The body, whatever the parser has buffered at a time, joined once at the end (one copy)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > self._limit:
                 resp.close()  # drop the connection instead of draining the rest
                 raise BodyTooLarge(f"body exceeds MAX_RESPONSE_BYTES {self._limit}")
-        return bytes(buf)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:
