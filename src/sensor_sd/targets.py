@@ -298,7 +298,7 @@ def parse_file(body: bytes) -> list[TargetGroup]:
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise ValueError("group labels are not a string map")
         targets = item["targets"]
-        if not all(isinstance(t, str) for t in targets):
+        if targets and not set(map(type, targets)) <= {str}:  # orjson makes exact types; one C-speed pass
             raise ValueError("a target is not a string")
         groups.append(TargetGroup(labels.get("source", ""), tuple(targets), tuple(sorted(labels.items()))))
     return groups
