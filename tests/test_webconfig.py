@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 import sys
 import threading
@@ -177,7 +178,7 @@ def test_unreadable_and_huge_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("via_flag", [False, True])
 def test_run_with_bad_web_config_exits_2_naming_it(tmp_path: Path, via_flag: bool) -> None:
     path = write(tmp_path, "basic_auth_users:\n  alice: not-a-hash\n")
-    env = {"PATH": "/usr/bin:/bin", "LISTEN_ADDRESS": "127.0.0.1:1", "TARGETS_FILE": "",
+    env = {"PATH": os.environ.get("PATH", ""), "LISTEN_ADDRESS": "127.0.0.1:1", "TARGETS_FILE": "",
            "INVENTORY_URL": "http://127.0.0.1:1/inventory"}
     args = ["--web-config-file", str(path)] if via_flag else []
     if not via_flag:
