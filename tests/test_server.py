@@ -8,6 +8,7 @@ would talk to it; hostile requests go through raw sockets.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import socket
 import threading
@@ -144,11 +145,29 @@ def test_targets_shape_etag_and_304(sd: Served) -> None:
 
 
 def test_head_targets_has_headers_and_no_body(sd: Served) -> None:
-    get = requests.get(sd.url("/targets"), timeout=5)
-    head = requests.head(sd.url("/targets"), timeout=5)
+    identity = {"Accept-Encoding": "identity"}
+    get = requests.get(sd.url("/targets"), headers=identity, timeout=5)
+    head = requests.head(sd.url("/targets"), headers=identity, timeout=5)
     assert head.status_code == 200 and head.content == b""
     assert head.headers["ETag"] == get.headers["ETag"]
     assert int(head.headers["Content-Length"]) == len(get.content)
+
+
+def test_gzip_when_asked_same_json_own_etag(sd: Served) -> None:
+    plain = requests.get(sd.url("/targets"), headers={"Accept-Encoding": "identity"}, timeout=5)
+    raw_gzip = requests.get(sd.url("/targets"), headers={"Accept-Encoding": "gzip"}, timeout=5, stream=True)
+    compressed = raw_gzip.raw.read(decode_content=False)
+    assert "Content-Encoding" not in plain.headers
+    assert raw_gzip.headers["Content-Encoding"] == "gzip"
+    assert raw_gzip.headers["Vary"] == "Accept-Encoding"
+    assert len(compressed) < len(plain.content) / 3
+    assert gzip.decompress(compressed) == plain.content
+    assert raw_gzip.headers["ETag"] != plain.headers["ETag"]
+    again = requests.get(sd.url("/targets"), timeout=5,
+                         headers={"Accept-Encoding": "gzip", "If-None-Match": raw_gzip.headers["ETag"]})
+    assert again.status_code == 304
+    refused = requests.get(sd.url("/targets"), headers={"Accept-Encoding": "gzip;q=0"}, timeout=5)
+    assert "Content-Encoding" not in refused.headers
 
 
 def test_before_first_snapshot_503_never_empty_list(sd_empty: Served) -> None:

@@ -7,6 +7,7 @@ rendered when the snapshot changed, so a request costs no JSON work.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import ssl
 import time
@@ -33,6 +34,7 @@ MAX_LINE_BYTES = 8190
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32 * 1024
 _SHARD_CACHE = 64  # rendered shard bodies kept per snapshot
+_GZIP_MIN_BYTES = 1024  # below this gzip saves nothing worth the header
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,39 @@ class _ShardCache:
         return _Body(data, f'{snapshot.etag[:-1]}-{index}-{total}"')
 
 
+class _GzipCache:
+    """gzip copies of the last few bodies, compressed once in a thread.
+
+    Prometheus' Go HTTP client asks for gzip; a 100k-target body shrinks
+    from 2 MB to well under 200 KB, which is what bounds serving latency.
+    """
+
+    def __init__(self) -> None:
+        self._bodies: OrderedDict[str, asyncio.Future[_Body]] = OrderedDict()
+
+    async def get(self, body: _Body) -> _Body:
+        future = self._bodies.get(body.etag)
+        if future is None or (future.done() and future.exception() is not None):
+            future = asyncio.ensure_future(asyncio.to_thread(_gzip_body, body))
+            self._bodies[body.etag] = future
+            if len(self._bodies) > _SHARD_CACHE:
+                self._bodies.popitem(last=False)
+        return await asyncio.shield(future)
+
+
+def _gzip_body(body: _Body) -> _Body:
+    # mtime=0: identical bodies give identical bytes; level 6 is 10x smaller on target lists.
+    return _Body(gzip.compress(body.data, compresslevel=6, mtime=0), f'{body.etag[:-1]}-gzip"')
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    for coding in request.headers.get("Accept-Encoding", "").split(","):
+        name, _, params = coding.partition(";")
+        if name.strip().lower() in ("gzip", "*") and params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+            return True
+    return False
+
+
 def _address_hashes(snapshot: Snapshot) -> tuple[tuple[int, ...], ...]:
     """hashmod's 64-bit value of every `__address__`, per group; the modulus is applied later."""
     return tuple(tuple(hashmod(t, 1 << 64) for t in g.targets) for g in snapshot.groups)
@@ -113,6 +148,7 @@ class Handlers:
         self.discoverer = discoverer
         self.metrics = metrics
         self._shards = _ShardCache()
+        self._gzip = _GzipCache()
 
     async def targets(self, request: web.Request) -> web.Response:
         params = _shard_params(request)
@@ -121,7 +157,11 @@ class Handlers:
             # Never an empty list: Prometheus would drop every target it has.
             return _json_error(503, "no good inventory snapshot yet")
         body = _Body(snapshot.body, snapshot.etag) if params is None else await self._shards.get(snapshot, *params)
-        headers = {"ETag": body.etag, "Cache-Control": "no-cache"}
+        headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if _accepts_gzip(request) and len(body.data) >= _GZIP_MIN_BYTES:
+            body = await self._gzip.get(body)
+            headers["Content-Encoding"] = "gzip"
+        headers["ETag"] = body.etag
         if _etag_matches(request.headers.get("If-None-Match"), body.etag):
             return web.Response(status=304, headers=headers)
         return web.Response(body=body.data, content_type=JSON, headers=headers)
