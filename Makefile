@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SENSORS ?= 100
+# Extra flags for the local stack, e.g. RUN_ARGS="--churn --http-sd" (see: $(PY) -m sensor_sd.sim.stack --help)
+RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick deps venv system-deps bench bench-quick fuzz soak lint clean
+.PHONY: run test test-quick deps venv system-deps bench bench-quick fuzz soak screenshot clean
 
 run: deps
-	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS)
+	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
 
 test: deps
 	$(PY) -m pytest -q
@@ -52,6 +54,9 @@ fuzz: venv
 
 soak: deps
 	$(PY) tests/chaos/soak.py
+
+screenshot: deps
+	SENSOR_SD_SCREENSHOT_DIR=docs $(PY) -m pytest -q tests/integration/test_status_browser.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis
