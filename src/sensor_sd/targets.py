@@ -144,9 +144,25 @@ def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
 _HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
 _JSON_SPACE = b" \t\r\n"
 _SEPARATORS = (b'","', b'", "')  # compact (orjson, JS) and Python's json.dumps default
-# In "host:port\nhost:port..." a sequence that only an invalid entry produces (see validate_body).
-_BAD_TARGET_SEQUENCES = ("\n:", "\n-", "\n.", "-:", ".-", "-.", "..")
-_LONG_TARGET_LABEL_RE = re.compile(r"[^.\n:]{64}")
+# In "host:port\nhost:port..." a sequence that only an invalid entry produces (see validate_body),
+# grouped by the character they need: a one-character search runs at memchr speed, the pairs ~20x slower.
+_BAD_AFTER_NEWLINE = "\n:"  # an empty entry
+_BAD_WITH_DASH = ("\n-", "-:")  # a leading or trailing '-'
+_BAD_WITH_DOT = ("\n.", "..")  # a leading '.' or an empty label
+_BAD_WITH_BOTH = (".-", "-.")  # a label that starts or ends with '-'
+
+
+def _bad_sequence(text: str) -> bool:
+    dash, dot = "-" in text, "." in text
+    return (
+        _BAD_AFTER_NEWLINE in text
+        or (dash and any(seq in text for seq in _BAD_WITH_DASH))
+        or (dot and any(seq in text for seq in _BAD_WITH_DOT))
+        or (dash and dot and any(seq in text for seq in _BAD_WITH_BOTH))
+    )
+# Every byte a label may hold mapped to "a": a run of 64 of them is a label over 63 characters.
+_LABEL_TO_A = bytes(ord("a") if chr(c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-" else c
+                    for c in range(256))
 
 
 def validate_body(box: list[bytes], default_port: int) -> Validated | None:
@@ -181,6 +197,9 @@ def validate_body(box: list[bytes], default_port: int) -> Validated | None:
         box.append(body)
         return None
     del rest, punct
+    if b"a" * 64 in body.translate(_LABEL_TO_A):  # a label over 63 characters: let the full path classify it
+        box.append(body)
+        return None
     suffix = f":{default_port}"
     # One replace turns 'a","b' into 'a:9100\nb'; the last entry gets its suffix after the split.
     text = str(memoryview(body)[start + 2:end - 2], "ascii").replace(sep.decode(), suffix + "\n")
@@ -188,17 +207,17 @@ def validate_body(box: list[bytes], default_port: int) -> Validated | None:
         not text
         or text[0] in ".-:"  # the first entry is empty or starts with '.'/'-'
         or text[-1] in "-\n"  # the last entry ends with '-' or is empty
-        or any(seq in text for seq in _BAD_TARGET_SEQUENCES)
+        or _bad_sequence(text)
     ):
         box.append(body)
         return None
     del body
+    dotted = "." in text  # without dots an entry is one label, at most 63 characters (checked above)
     targets = text.split("\n")
-    targets[-1] += suffix
-    longest = max(map(len, targets)) - len(suffix)
-    if longest > MAX_ENTRY_LENGTH or (longest > 63 and _LONG_TARGET_LABEL_RE.search(text)):
-        return validate([t[: -len(suffix)] for t in targets], default_port)  # rare: classify entry by entry
     del text
+    targets[-1] += suffix
+    if dotted and max(map(len, targets)) - len(suffix) > MAX_ENTRY_LENGTH:
+        return validate([t[: -len(suffix)] for t in targets], default_port)  # rare: classify entry by entry
     return Validated(sorted_unique(targets), Counter(), ())
 
 

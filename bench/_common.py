@@ -1,0 +1,235 @@
+"""Shared helpers of the benchmarks: children, timing, tables, machine facts.
+
+Every child runs on loopback with an ephemeral port and is stopped by its own
+process id (its own session, via sensor_sd.sim.stack.spawn). Readiness is
+always polled (wait_until), never slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sensor_sd.sim.stack import LOOPBACK, Proc, free_port, http_ok, spawn, wait_until
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+OUT = BENCH / "out"
+PY = sys.executable
+SEED = REPO.parent / "shared" / "baseline" / "seed_sd.py"  # the seed design, kept next to the repo
+
+
+def rel(path: Path) -> str:
+    """A path for the doc: relative to the repo (never an absolute machine path)."""
+    try:
+        return os.path.relpath(path, REPO)
+    except ValueError:
+        return path.name
+
+
+@dataclass
+class Table:
+    """One result table: printed as text and written as Markdown."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *row: Any) -> None:
+        self.rows.append(list(row))
+
+    def markdown(self) -> str:
+        lines = [f"| {' | '.join(self.columns)} |", "|" + "---|" * len(self.columns)]
+        lines += [f"| {' | '.join(md(fmt(c)) for c in row)} |" for row in self.rows]
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        cells = [self.columns] + [[fmt(c) for c in row] for row in self.rows]
+        widths = [max(len(str(r[i])) for r in cells) for i in range(len(self.columns))]
+        out = [f"== {self.title}"]
+        for k, r in enumerate(cells):
+            out.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+            if k == 0:
+                out.append("  ".join("-" * w for w in widths))
+        out += [f"  note: {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def md(text: str) -> str:
+    """A table cell for Markdown: no raw HTML, no column breaks."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "—" if value is None else str(value)
+
+
+def min_med(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), statistics.median(values)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a small sample."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+# --- children ----------------------------------------------------------------------------------------
+
+def sd_argv(*args: str) -> list[str]:
+    return [PY, "-m", "sensor_sd", *args]
+
+
+def sd_env(**env: str) -> dict[str, str]:
+    """Environment for a sensor-sd child: only what the bench sets (no inherited INVENTORY_URL etc.)."""
+    base = {k: v for k, v in os.environ.items() if k not in {
+        "INVENTORY_URL", "UPDATE_INTERVAL", "TARGETS_FILE", "METRICS_PORT", "METRICS_PATH", "TARGET_LABELS",
+        "LISTEN_ADDRESS", "REQUEST_TIMEOUT", "MAX_RESPONSE_BYTES", "MAX_DROP_RATIO", "DROP_CONFIRMATIONS",
+        "INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE", "LOG_FORMAT", "LOG_LEVEL"}}
+    return {**base, "LOG_FORMAT": "json", "LOG_LEVEL": "warning", **env}
+
+
+class Inventory:
+    """The inventory simulator with N sensors on an ephemeral loopback port."""
+
+    def __init__(self, sensors: int, logdir: Path, name: str = "inventory") -> None:
+        self.port = free_port()
+        self.proc = spawn(name, sd_argv("inventory-server", "--host", LOOPBACK, "--port", str(self.port),
+                                        "--sensors", str(sensors), "--seed", "1"), logdir)
+        self.url = f"http://{LOOPBACK}:{self.port}/inventory"
+        timeout = 30 + sensors / 20_000
+        wait_until(lambda: self._ready(), timeout, f"inventory simulator with {sensors} sensors", 0.05)
+
+    def _ready(self) -> bool:
+        if not self.proc.alive():
+            raise RuntimeError(f"inventory simulator exited: {self.proc.tail()}")
+        return http_ok(f"http://{LOOPBACK}:{self.port}/-/healthy")
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{LOOPBACK}:{self.port}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read() or b"null")
+
+    def churn(self, add: int = 10, remove: int = 5) -> None:
+        self.admin("POST", "/admin/sensors/remove", {"count": remove})
+        self.admin("POST", "/admin/sensors/add", {"count": add})
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def run_measured(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+                 timeout: float = 300) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS in KiB, exit code, stderr tail) of one child, from wait4's rusage."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.002)  # polling the child's exit (wait4 with rusage), not a readiness wait
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")[-400:] if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    return wall, int(usage.ru_maxrss), proc.returncode, err
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0])
+    return 0
+
+
+def stop_all(procs: Sequence[Proc | None]) -> None:
+    for p in reversed([p for p in procs if p is not None]):
+        p.stop()
+
+
+# --- machine facts -----------------------------------------------------------------------------------
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    import aiohttp
+    import orjson
+
+    prom = _first_line(["prometheus", "--version"]) if shutil.which("prometheus") else "not installed"
+    wrk = _first_line(["wrk", "--version"]) if shutil.which("wrk") else "not installed"
+    return {
+        "CPU": cpu,
+        "cores (os.cpu_count)": str(os.cpu_count()),
+        "memory": mem,
+        "kernel": platform.release(),
+        "Python": platform.python_version(),
+        "aiohttp / orjson": f"{aiohttp.__version__} / {orjson.__version__}",
+        "Prometheus": re.sub(r"\s*\(.*", "", prom),
+        "wrk": re.sub(r"\s*\[.*|Copyright.*", "", wrk).strip(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }

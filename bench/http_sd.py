@@ -1,0 +1,143 @@
+"""(3) http_sd serving: GET /targets of sensor-sd vs prometheus-http-sd (PyPI), loaded with wrk.
+
+The peer lives in its own virtualenv under bench/out/ (it pins old Flask and
+prometheus-client), created here on first use with pip.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from _common import OUT, Inventory, Table, fmt, sd_argv, sd_env, size_label
+from sensor_sd.sim.stack import LOOPBACK, free_port, http_get, http_ok, spawn, wait_until
+
+PEER_VENV = OUT / "peer-venv"
+PEER_PACKAGE = "prometheus-http-sd"
+
+
+def ensure_peer(install: bool) -> Path | None:
+    """The peer's console script, installing it into its own venv when asked; None when unavailable."""
+    exe = PEER_VENV / "bin" / "prometheus-http-sd"
+    if exe.exists() or not install:
+        return exe if exe.exists() else None
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"  creating {PEER_VENV.name} with {PEER_PACKAGE} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", PEER_PACKAGE], check=True, timeout=600)
+    return exe if exe.exists() else None
+
+
+def peer_version() -> str:
+    out = subprocess.run([str(PEER_VENV / "bin" / "python"), "-c",
+                          "import importlib.metadata as m; print(m.version('prometheus-http-sd'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, conns: int, seconds: float) -> dict[str, Any]:
+    threads = min(2, conns)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
+                          url], capture_output=True, text=True, timeout=seconds + 60)
+    text = out.stdout
+    res: dict[str, Any] = {"raw": text}
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}%\s+(\S+)", text, re.M)
+        res[f"p{q}"] = _ms(m.group(1)) if m else None
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", text)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", text)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    res["errors"] = sum(int(x) for x in m.groups()) if m else 0
+    res["ok_rps"] = res["rps"] * (1 - (res["non2xx"] + res["errors"]) / res["requests"]) if res["requests"] else 0.0
+    return res
+
+
+def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, install_peer: bool) -> dict[str, Any]:
+    peer = ensure_peer(install_peer) if install_peer or (PEER_VENV / "bin" / "prometheus-http-sd").exists() else None
+    table = Table(f"http_sd GET /targets: wrk {seconds:g} s per cell, latency p50 / p99 in ms, requests/s",
+                  ["targets", "connections", "sensor-sd p50 / p99", "sensor-sd req/s", "sensor-sd non-2xx",
+                   "peer p50 / p99", "peer req/s (2xx only)", "peer non-2xx / requests", "req/s ratio"])
+    results: dict[str, Any] = {"cells": {}, "peer": peer is not None}
+    for n in sizes:
+        d = workdir / f"http-{size_label(n)}"
+        d.mkdir(parents=True, exist_ok=True)
+        inv = Inventory(n, d / "logs")
+        port = free_port()
+        sd = spawn("sensor-sd-http", sd_argv("run"), d / "logs", sd_env(
+            INVENTORY_URL=f"inv={inv.url}", UPDATE_INTERVAL="3600", TARGETS_FILE="",
+            LISTEN_ADDRESS=f"{LOOPBACK}:{port}", REQUEST_TIMEOUT="120"))
+        peer_proc = None
+        try:
+            ours = f"http://{LOOPBACK}:{port}/targets"
+            wait_until(lambda: http_ok(f"http://{LOOPBACK}:{port}/-/ready"), 60 + n / 10_000, "sensor-sd ready")
+            status, body = http_get(ours, timeout=30)
+            assert status == 200, status
+            size = len(body)
+            theirs = None
+            if peer is not None:
+                root, cache = d / "peer-root", d / "peer-cache"
+                root.mkdir(exist_ok=True)
+                cache.mkdir(exist_ok=True)
+                (root / "targets.json").write_bytes(body)
+                pport = free_port()
+                peer_proc = spawn("peer", [str(peer), "serve", "-h", LOOPBACK, "-p", str(pport), "--cache-dir",
+                                           str(cache), "--cache-refresh-interval", "1", str(root)], d / "logs")
+                theirs = f"http://{LOOPBACK}:{pport}/targets/"
+                # Its first answer per URL is 500 "cache miss" until the next refresh: wait for a 200 with our data.
+                wait_until(lambda: _peer_ok(theirs, body), 60, "prometheus-http-sd serving the targets", 0.2)
+            for c in conns:
+                a = wrk(ours, c, seconds)
+                b = wrk(theirs, c, seconds) if theirs else None
+                results["cells"][(n, c)] = {"ours": a, "peer": b}
+                table.add(size_label(n), c, f"{fmt(a['p50'])} / {fmt(a['p99'])}", a["rps"], a["non2xx"] + a["errors"],
+                          f"{fmt(b['p50'])} / {fmt(b['p99'])}" if b else None,
+                          f"{fmt(b['rps'])} ({fmt(b['ok_rps'])})" if b else None,
+                          f"{b['non2xx'] + b['errors']:,} / {b['requests']:,}" if b else None,
+                          f"{a['rps'] / b['rps']:.0f}×" if b and b["rps"] else ("∞ (peer 0 req/s)" if b else None))
+            results.setdefault("sizes_bytes", {})[n] = size
+        finally:
+            if peer_proc is not None:
+                peer_proc.stop()
+            sd.stop()
+            inv.stop()
+        print(f"  http_sd {size_label(n)}: done", flush=True)
+    table.notes += [
+        f"Body sizes: " + ", ".join(f"{size_label(n)} targets = {b / 1024:,.0f} KiB"
+                                    for n, b in results.get("sizes_bytes", {}).items()) + ".",
+        "wrk -t min(2, connections) --timeout 10s --latency; p50/p99 are wrk's latency distribution (answers of any "
+        "status). `non-2xx` counts non-2xx/3xx answers plus socket errors; the peer's req/s counts all its answers, "
+        "most of which are 500 under concurrency (its cache file is rewritten in place), so its good-answer rate is "
+        "lower still.",
+        f"Peer: prometheus-http-sd {peer_version() if peer else '(not installed)'} in its own venv, serving the same "
+        "JSON from a file with --cache-dir and --cache-refresh-interval 1.",
+    ]
+    results["table"] = table
+    return results
+
+
+def _peer_ok(url: str, body: bytes) -> bool:
+    status, data = http_get(url, timeout=10)
+    if status != 200:
+        return False
+    got = orjson.loads(data)
+    want = orjson.loads(body)
+    return sum(len(g["targets"]) for g in got) == sum(len(g["targets"]) for g in want)
