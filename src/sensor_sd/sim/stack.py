@@ -274,6 +274,27 @@ def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
     return doc
 
 
+def rules_with_for(dst: Path, for_: str) -> Path:
+    """A copy of the shipped rules with every `for:` set to `for_`, written to `dst`.
+
+    For demos and tests that cannot wait minutes; load it with
+    `shipped_rules=False` so each alert is defined once. Expressions, labels
+    and annotations stay exactly as shipped.
+    """
+    import yaml
+
+    groups = []
+    for path in sorted((DEPLOY / "prometheus" / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = for_
+            groups.append(group)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return dst
+
+
 def alertmanager_config() -> dict[str, Any]:
     """The shipped alertmanager.yml with delivery removed: routing, grouping and inhibition unchanged.
 
@@ -486,7 +507,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sensors", type=int, default=100)
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="state and logs (default ./data, git-ignored)")
     p.add_argument("--update-interval", type=float, default=2.0, help="sensor-sd UPDATE_INTERVAL (default 2)")
-    p.add_argument("--scrape-interval", default="5s", help="Prometheus scrape/evaluation interval (default 5s)")
+    p.add_argument("--scrape-interval", default=None,
+                   help="Prometheus scrape/evaluation interval (default 5s; 30s, the production value, above 1000 sensors)")
+    p.add_argument("--http-sd", action="store_true",
+                   help="also scrape the sensors through http_sd (job sensors-http): doubles scrapes and per-sensor alerts")
+    p.add_argument("--alert-for", metavar="DURATION", default=None,
+                   help="run the shipped rules with every `for:` set to DURATION (e.g. 10s) to see alerts in seconds")
     p.add_argument("--churn", action="store_true", help="let the inventory add and remove sensors all the time")
     p.add_argument("--measure", type=float, metavar="SECONDS", default=None,
                    help="print startup time and Prometheus memory as JSON, again after SECONDS, then stop")
@@ -519,9 +545,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     ports = Ports(args.inventory_port, args.fleet_port, args.sd_port, args.prometheus_port, args.alertmanager_port)
     inventory_args = ("--churn-add", "3", "--churn-remove", "2", "--churn-every", "20") if args.churn else ()
-    cfg = StackConfig(args.data_dir.resolve(), ports, sensors=args.sensors, update_interval=args.update_interval,
-                      scrape_interval=args.scrape_interval, evaluation_interval=args.scrape_interval,
-                      inventory_args=inventory_args, http_sd=True)
+    # One Python process plays every sensor: 10k sensors every 5 s would be 2000 proxied scrapes a second.
+    interval = args.scrape_interval or ("5s" if args.sensors <= 1000 else "30s")
+    workdir = args.data_dir.resolve()
+    fast = (rules_with_for(workdir / "rules" / f"for-{args.alert_for}.rules.yml", args.alert_for),) if args.alert_for else ()
+    cfg = StackConfig(workdir, ports, sensors=args.sensors, update_interval=args.update_interval,
+                      scrape_interval=interval, evaluation_interval=interval, extra_rule_files=fast,
+                      shipped_rules=not fast, inventory_args=inventory_args, http_sd=args.http_sd)
     stack = Stack(cfg)
     run = _Run()
     previous = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -572,7 +602,8 @@ def _measure(stack: Stack, sensors: int, elapsed: float, window: float, run: _Ru
         time.sleep(0.2)  # the measurement window itself, not a readiness wait
     report.update({"after_seconds": window, "sensors_up": stack.sensors_up(time.time() - 2 * _seconds(stack.cfg.scrape_interval)),
                    "prometheus_rss_mib_after": round(proc_status_kib(pid, "VmRSS") / 1024, 1),
-                   "prometheus_rss_mib_peak": round(proc_status_kib(pid, "VmHWM") / 1024, 1)})
+                   "prometheus_rss_mib_peak": round(proc_status_kib(pid, "VmHWM") / 1024, 1),
+                   "prometheus_head_series": int(float(stack.prometheus_query("prometheus_tsdb_head_series")[0]["value"][1]))})
     print(json.dumps(report), flush=True)
     return 0
 
