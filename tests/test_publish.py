@@ -72,3 +72,20 @@ def test_target_path_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(PublishError):
         write_atomic(tmp_path / "t.json", b"x")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_load_removes_temp_files_of_killed_writers(tmp_path: Path) -> None:
+    """A SIGKILL between temp-file creation and rename leaves `.t.json.<pid>.tmp`; the next start cleans up."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".t.json.{dead.stdout.strip()}.tmp"
+    own = tmp_path / f".t.json.{os.getpid()}.tmp"
+    live = tmp_path / f".t.json.{os.getppid()}.tmp"  # a writer that is still running: left alone
+    other = tmp_path / ".other.json.1.tmp"
+    for p in (stale, own, live, other):
+        p.write_bytes(b"[")
+    (tmp_path / "t.json").write_bytes(b"[]\n")
+    assert FilePublisher(tmp_path / "t.json").load() == b"[]\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "t.json"])

@@ -306,5 +306,16 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
         try:
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
-            raise ConfigError(name, raw, str(exc)) from None
+            shown = _USERINFO_RE.sub("***@", raw) if opt.env == "INVENTORY_URL" else raw
+            raise ConfigError(name, shown, str(exc)) from None
+    if values["inventory_token_file"] is not None:
+        with_credentials = [s.name for s in values["sources"] if urlsplit(s.url).username is not None]
+        if with_credentials:  # aiohttp refuses both; Prometheus too allows only one of basic auth and a token
+            raise ConfigError("INVENTORY_TOKEN_FILE", str(values["inventory_token_file"]),
+                              "not together with user:password in INVENTORY_URL "
+                              f"(source {with_credentials[0]}); use one of them")
     return Settings(**values)
+
+
+# user:password@ of every URL in a raw INVENTORY_URL, for error messages (the URL may not even parse).
+_USERINFO_RE = re.compile(r"(?<=://)[^/?#,]*@")

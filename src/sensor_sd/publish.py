@@ -41,6 +41,41 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files that killed writers left next to `path`; returns how many.
+
+    A SIGKILL between creating `.<name>.<pid>.tmp` and the rename leaves it
+    behind, and every restart has a new pid. Files of a live other process are
+    kept (its rename would fail otherwise); ours and dead pids' go.
+    """
+    removed = 0
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(prefix):-len(".tmp")] if name.startswith(prefix) and name.endswith(".tmp") else ""
+        if not pid.isascii() or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        try:
+            os.unlink(path.parent / name)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 class FilePublisher:
     """Writes the file_sd file, skipping the write when the bytes are unchanged."""
 
@@ -50,6 +85,7 @@ class FilePublisher:
 
     def load(self) -> bytes | None:
         """The existing file's bytes (last known good at start), or None when absent."""
+        remove_stale_temps(self.path)
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
