@@ -168,7 +168,7 @@ def _torture(t: Torture, kills: int, budget: float) -> None:
 
 
 def test_crash_torture_short(torture: Torture) -> None:
-    _torture(torture, int(os.environ.get("CRASH_KILLS", "50")), budget=110)
+    _torture(torture, int(os.environ.get("CRASH_KILLS", "50")), budget=300)  # a hang guard, not a speed test
 
 
 @pytest.mark.slow
