@@ -339,3 +339,23 @@ def test_status_page_headers_forbid_scripts(sd: Served) -> None:
     assert "default-src 'none'" in csp and "script-src" not in csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert '<span class="big" id="target-count">300</span>' in r.text
+
+
+def test_unfinished_request_headers_are_closed_after_the_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "IDLE_TIMEOUT_SECONDS", 1.0)
+    served = _serve(poll=False)
+    sd = next(served)
+    try:
+        with socket.create_connection((HOST, sd.port), timeout=10) as s:
+            s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+            started = time.monotonic()
+            for _ in range(4):  # a slowloris keeps dripping header lines
+                time.sleep(0.3)
+                try:
+                    s.sendall(b"X-Drip: 1\r\n")
+                except OSError:
+                    break
+            assert s.recv(1) == b""  # closed by the server, not by our 10 s socket timeout
+            assert time.monotonic() - started < 5
+    finally:
+        served.close()

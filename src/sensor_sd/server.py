@@ -33,6 +33,9 @@ MAX_SHARDS = 1000
 MAX_LINE_BYTES = 8190
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32 * 1024
+# Idle keep-alive connections and unfinished request headers are closed after this long;
+# above Prometheus' 5 s http_sd refresh so its connection is reused.
+IDLE_TIMEOUT_SECONDS = 15.0
 _SHARD_CACHE = 64  # rendered shard bodies kept per snapshot
 _GZIP_MIN_BYTES = 1024  # below this gzip saves nothing worth the header
 
@@ -251,8 +254,11 @@ def _server_logger() -> logging.Logger:
 
 async def start(app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Bind and serve; raises OSError when the address is taken."""
+    # keepalive_timeout also bounds a connection that never completes its request headers
+    # (slowloris): aiohttp closes it when that timer fires and no request is in progress.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False, logger=_server_logger(),
-                           max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
+                           max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS,
+                           keepalive_timeout=IDLE_TIMEOUT_SECONDS)
     await runner.setup()
     addr = settings.listen_address
     site = web.TCPSite(runner, addr.host or None, addr.port, ssl_context=ssl_context, backlog=1024,
