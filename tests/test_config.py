@@ -128,3 +128,12 @@ def test_cli_unknown_flag_exits_2() -> None:
                           text=True, timeout=30)
     assert proc.returncode == 2
     assert "--no-such-flag" in proc.stderr
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://u:p@h:1/x?token=abc&y=2#frag", "http://h:1/x?token=***&y=***"),
+    ("https://[::1]:8443/inv", "https://[::1]:8443/inv"),
+    ("http://h/inv", "http://h/inv"),
+])
+def test_redact_url_hides_credentials_and_query_values(url: str, shown: str) -> None:
+    assert config.redact_url(url) == shown

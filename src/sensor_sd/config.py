@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd.errors import ConfigError
 
@@ -65,15 +65,21 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Drop credentials from a URL so it can be logged, shown or labelled."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
+    """The URL without user:password, query values or fragment: safe to log, show or label.
+
+    Tokens often ride in the query string, so its values are masked too.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
     if ":" in host:
         host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = host + (f":{port}" if port else "")
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed)

@@ -15,7 +15,6 @@ import html
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd.config import redact_url
 from sensor_sd.sync import Change, SourceStatus
@@ -68,13 +67,6 @@ def e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def public_url(url: str) -> str:
-    """The URL without user:password, query values or fragment: safe to put on a page."""
-    parts = urlsplit(redact_url(url))
-    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
-
-
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
@@ -110,7 +102,7 @@ def _source(s: SourceStatus, view: View) -> str:
     targets = "—" if s.targets is None else f"{s.targets}"
     return (
         f'<section class="source"><h2>{e(s.name)} <span class="badge {e(result)}">{e(label)}</span></h2><dl>'
-        f"<dt>Inventory</dt><dd><code>{e(public_url(s.url))}</code></dd>"
+        f"<dt>Inventory</dt><dd><code>{e(redact_url(s.url))}</code></dd>"
         f'<dt>Targets</dt><dd class="targets">{e(targets)}</dd>'
         f'<dt>Last poll</dt><dd class="last-poll">{_time(s.last_poll, view.now)}</dd>'
         f"<dt>Last success</dt><dd>{_time(s.last_success, view.now)}</dd>"
