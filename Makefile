@@ -9,7 +9,7 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick deps venv system-deps bench bench-quick fuzz soak screenshot clean
+.PHONY: run test test-quick torture deps venv system-deps bench bench-quick fuzz soak screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
@@ -18,7 +18,11 @@ test: deps
 	$(PY) -m pytest -q
 
 test-quick: deps
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" --ignore=tests/chaos
+
+# The long crash torture: 1000 SIGKILLs while the inventory flips every 50 ms.
+torture: deps
+	$(PY) -m pytest -q tests/chaos/test_crash.py -m slow
 
 deps: venv system-deps
 
