@@ -12,9 +12,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -149,27 +152,54 @@ class Inventory:
         self.proc.stop()
 
 
+TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+
+
 def run_measured(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
                  timeout: float = 300) -> tuple[float, int, int, str]:
-    """(wall seconds, peak RSS in KiB, exit code, stderr tail) of one child, from wait4's rusage."""
+    """(wall seconds, peak RSS in KiB, exit code, stderr tail) of one child.
+
+    Peak RSS comes from GNU time's %M when installed: a child forked straight
+    from this (large) process inherits its resident size into ru_maxrss at
+    exec (vfork shares the parent's memory), which would put a floor of this
+    process' RSS under every small child. Without GNU time, wait4's rusage.
+    """
     started = time.perf_counter()
-    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.002)  # polling the child's exit (wait4 with rusage), not a readiness wait
+    rss_file = None
+    if TIME:
+        fd, name = tempfile.mkstemp(prefix="rss-", suffix=".txt")
+        os.close(fd)
+        rss_file = Path(name)
+        argv = [TIME, "-f", "%M", "-o", name, *argv]
+    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+    def kill() -> None:  # bounded: a hung child (and GNU time's own child) is killed, then reaped below
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group id is the unreaped child's pid
+        except ProcessLookupError:
+            pass
+
+    killer = threading.Timer(timeout, kill)
+    killer.start()
+    try:
+        err_bytes = proc.stderr.read() if proc.stderr else b""  # until the child closes it (exits)
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        killer.cancel()
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")[-400:] if proc.stderr else ""
+    err = err_bytes.decode(errors="replace")[-400:]
     if proc.stderr:
         proc.stderr.close()
-    return wall, int(usage.ru_maxrss), proc.returncode, err
+    maxrss = int(usage.ru_maxrss)
+    if rss_file is not None:
+        text = rss_file.read_text().strip().splitlines()
+        rss_file.unlink()
+        maxrss = int(text[-1]) if text and text[-1].isdigit() else maxrss
+        if text and text[0].startswith("Command exited with non-zero status"):
+            proc.returncode = int(text[0].rsplit(" ", 1)[1])
+    return wall, maxrss, proc.returncode, err
 
 
 def proc_cpu_seconds(pid: int) -> float:

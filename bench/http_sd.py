@@ -75,7 +75,8 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
     peer = ensure_peer(install_peer) if install_peer or (PEER_VENV / "bin" / "prometheus-http-sd").exists() else None
     table = Table(f"http_sd GET /targets: wrk {seconds:g} s per cell, latency p50 / p99 in ms, requests/s",
                   ["targets", "connections", "sensor-sd p50 / p99", "sensor-sd req/s", "sensor-sd non-2xx",
-                   "peer p50 / p99", "peer req/s (2xx only)", "peer non-2xx / requests", "req/s ratio"])
+                   "peer p50 / p99", "peer req/s (2xx only)", "peer non-2xx / requests",
+                   "req/s ratio vs peer's 2xx (vs all its answers)"])
     results: dict[str, Any] = {"cells": {}, "peer": peer is not None}
     for n in sizes:
         d = workdir / f"http-{size_label(n)}"
@@ -112,7 +113,8 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
                           f"{fmt(b['p50'])} / {fmt(b['p99'])}" if b else None,
                           f"{fmt(b['rps'])} ({fmt(b['ok_rps'])})" if b else None,
                           f"{b['non2xx'] + b['errors']:,} / {b['requests']:,}" if b else None,
-                          f"{a['rps'] / b['rps']:.0f}×" if b and b["rps"] else ("∞ (peer 0 req/s)" if b else None))
+                          (f"{a['rps'] / max(b['ok_rps'], 1e-9):,.0f}× ({a['rps'] / b['rps']:.1f}×)"
+                           if b and b["rps"] else ("∞ (peer 0 req/s)" if b else None)))
             results.setdefault("sizes_bytes", {})[n] = size
         finally:
             if peer_proc is not None:

@@ -72,19 +72,25 @@ def _goals(res: dict[str, Any], plan: Plan) -> Table:
         t.add(f"{lbl} steady-state sync ≤ 1.3× the floor{scale}",
               f"{s['ratio_floor']:.2f}× (daemon {s['mm']['daemon'][1]:.3f} s vs floor {s['mm']['floor'][1]:.3f} s, "
               f"medians; floor without fsync {s['mm']['floor_nofsync'][1]:.3f} s)",
-              verdict(ok), "" if ok else "sorting and diffing 1M strings plus the durable write on top of the floor's "
-              "parse + render (see the profile)")
+              verdict(ok), "" if ok else "work the floor skips: the validation scans, the sort and dedup check, the "
+              "diff against the previous generation and freeing it (see the profile); on this shared machine "
+              "the ratio moves between runs, so re-run before reading much into the second decimal")
         if s["ratio_seed"] is not None:
             ok = s["ratio_seed"] >= 2
             t.add(f"{lbl} steady-state sync ≥ 2× faster than the seed design{scale}",
-                  f"{s['ratio_seed']:.1f}× (seed {s['mm']['seed'][1]:.3f} s whole process)", verdict(ok),
-                  "" if ok else "the seed's time is mostly its own process start at small sizes")
+                  f"{s['ratio_seed']:.2f}× (seed {s['mm']['seed'][1]:.3f} s whole process)", verdict(ok),
+                  "" if ok else f"the seed skips validation, sort, diff and both fsyncs: its whole process "
+                  f"(median {s['mm']['seed'][1]:.2f} s, min {s['mm']['seed'][0]:.2f} s in this run) is only "
+                  f"{s['mm']['seed'][1] / s['mm']['floor'][1]:.2f}× the in-process floor, so 2× needs a daemon sync "
+                  f"within {s['mm']['seed'][1] / 2 / s['mm']['floor'][1]:.2f}× the floor (measured "
+                  f"{s['ratio_floor']:.2f}×): what limits it is what limits the floor ratio above")
         ok = s["first_rss_mib"] <= 150  # MB read as MiB, like the seed's /usr/bin/time figures
         t.add(f"peak RSS at {lbl} ≤ 150 MB (`sensor-sd once`, first sync){scale}", f"{s['first_rss_mib']:.0f} MiB "
               f"(file exists: {s['exist_rss_mib']:.0f} MiB; daemon: {s['daemon_rss_mib']:.0f} MiB)", verdict(ok),
-              "" if ok else "1M targets are 1M Python str objects (~80 MiB at 80 B each) plus the 25 MB rendered "
-              "body and the interpreter with aiohttp/prometheus_client (~35 MiB); with a previous generation "
-              "(file loaded, or a daemon's last known good) two generations are alive during the diff")
+              "" if ok else "1M targets are 1M Python str objects (one per target, the port included) plus the "
+              f"rendered body and the interpreter with aiohttp/prometheus_client ({sync[min(sync)]['first_rss_mib']:.0f}"
+              f" MiB at {size_label(min(sync))} hosts); with a previous generation (file loaded, or a daemon's last "
+              "known good) two generations are alive during the diff")
     if "idle" in res:
         i = res["idle"]
         ok = i["rss_mib"] <= 40
@@ -100,19 +106,26 @@ def _goals(res: dict[str, Any], plan: Plan) -> Table:
             c1 = cells.get((big_n, 1))
             p99 = c1["ours"]["p99"] if c1 else None
             ok = p99 is not None and p99 <= 20
-            worst = max((v["ours"]["p99"] or 0, c) for (n, c), v in cells.items() if n == big_n)
-            t.add(f"http_sd p99 ≤ 20 ms at {size_label(big_n)} targets (1 connection: one Prometheus polling)",
-                  f"{p99:.1f} ms at 1 connection; {worst[0]:.1f} ms at {worst[1]} connections" if p99 else "—",
-                  verdict(ok), "" if ok else "copying the body to the socket; with many connections, queueing on "
-                  "one event loop (p99 ≈ connections ÷ req/s)")
+            t.add(f"http_sd p99 ≤ 20 ms at {size_label(big_n)} targets, 1 connection (one Prometheus polling)",
+                  f"{p99:.1f} ms" if p99 is not None else "—", verdict(ok if p99 is not None else None),
+                  "" if ok else "copying the body to the socket")
+            many = sorted((c, v["ours"]["p99"]) for (n, c), v in cells.items() if n == big_n and c > 1)
+            if many:
+                ok = all(p is not None and p <= 20 for _, p in many)
+                t.add(f"http_sd p99 ≤ 20 ms at {size_label(big_n)} targets, " + " and ".join(str(c) for c, _ in many)
+                      + " connections", ", ".join(f"{p:.0f} ms at {c}" for c, p in many), verdict(ok),
+                      "" if ok else "one event loop writes the whole body per answer, so with c connections an "
+                      "answer waits behind the others (p99 ≈ c ÷ req/s), and wrk shares the 2 cores; a gzip-encoded "
+                      "body (Prometheus asks for gzip) would cut the bytes several-fold (server.py, not measured here)")
             big_cells = [v for (n, _), v in cells.items() if n == big_n and v["peer"]]
             ratios = [v["ours"]["rps"] / v["peer"]["rps"] for v in big_cells if v["peer"]["rps"]]
             good = [v["ours"]["rps"] / max(v["peer"]["ok_rps"], 1e-9) for v in big_cells]
             if ratios:
-                ok = min(ratios) >= 10
-                t.add(f"http_sd ≥ 10× the peer's requests/s at {size_label(big_n)} targets (every concurrency)",
-                      f"{min(ratios):.0f}× to {max(ratios):.0f}× counting all the peer's answers; "
-                      f"{min(good):.0f}× to {max(good):.0f}× counting only its 2xx answers",
+                ok = min(good) >= 10
+                t.add(f"http_sd ≥ 10× the peer's requests/s at {size_label(big_n)} targets, every concurrency "
+                      "(judged on answers Prometheus can use: 2xx)",
+                      f"{min(good):.0f}× to {max(good):.0f}× against the peer's 2xx answers; "
+                      f"{min(ratios):.0f}× to {max(ratios):.0f}× against all its answers (mostly fast 500s)",
                       verdict(ok), "" if ok else "see the http_sd table")
     if "prop" in res and res["prop"].get("stats"):
         st = res["prop"]["stats"].get("refresh")
@@ -177,8 +190,8 @@ def _profile_text(res: dict[str, Any]) -> str:
         "and one `split` makes the targets — one Python string per target, never one per hostname first. The floor "
         f"spends {floor['parse'][1]:.3f} s in orjson.loads alone (then another pass to append the port).",
         f"* **Diff** ({dif:.3f} s): a merge of two sorted tuples that skips equal runs 4096 at a time with C-speed "
-        "tuple-slice comparisons (before: two sets of 1M strings, ~0.8 s and ~64 MB).",
-        f"* **Snapshot.build** ({build:.3f} s): orjson render plus a SHA-256 etag (SHA extensions: ~2 GB/s). The "
+        "tuple-slice comparisons, instead of building a set of each generation.",
+        f"* **Snapshot.build** ({build:.3f} s): orjson render plus a SHA-256 etag. The "
         f"floor's render, which also appends the port, takes {floor['render'][1]:.3f} s.",
         f"* **write_atomic** ({write:.3f} s): almost all of it is the two fsyncs the contract asks for "
         f"(the floor's plain write takes {floor['write'][1]:.3f} s, its fsyncs {floor['fsync'][1]:.3f} s).",

@@ -79,11 +79,11 @@ def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) ->
                                                                           "floor", "floor_nofsync")),
                  f"{ratio_floor:.2f}×", f"{ratio_seed:.1f}×" if ratio_seed else "—")
         mib = lambda kib: kib / 1024  # noqa: E731
-        rss.add(label, mib(max(first_rss)), mib(max(exist_rss)), mib(daemon["maxrss_kib"]),
-                mib(max(seed_rss)) if seed_rss else None, mib(floor["maxrss_kib"]))
+        rss.add(label, mib(max(first_rss)), mib(max(exist_rss)), mib(daemon["peak_kib"]),
+                mib(max(seed_rss)) if seed_rss else None, mib(floor["peak_kib"]))
         results["sizes"][n] = {"mm": mm, "ratio_floor": ratio_floor, "ratio_seed": ratio_seed,
                                "first_rss_mib": mib(max(first_rss)), "exist_rss_mib": mib(max(exist_rss)),
-                               "daemon_rss_mib": mib(daemon["maxrss_kib"]),
+                               "daemon_rss_mib": mib(daemon["peak_kib"]),
                                "daemon_poll": min_med(daemon["poll"]), "daemon_publish": min_med(daemon["publish"]),
                                "floor_phases": {k: min_med(v) for k, v in floor["phases"].items()}}
         print(f"  sync {label}: done", flush=True)
@@ -97,8 +97,9 @@ def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) ->
         "requires of sensor-sd (and that seed_sd.py skips).",
         "Ratios use medians." + ("" if seed_ok else f" seed_sd.py not found at {rel(SEED)}: seed columns empty."),
     ]
-    rss.notes.append("MiB throughout (the goals' MB read as MiB). Peak RSS from wait4() rusage (ru_maxrss) of each child; the daemon figure covers its first "
-                     "full sync and the steady syncs.")
+    rss.notes.append("MiB throughout (the goals' MB read as MiB). Peak RSS of `once` and seed_sd.py from GNU time's %M; of the "
+                     "in-process children from their own VmHWM (/proc/self/status). The daemon figure covers its "
+                     "first full sync and the steady syncs.")
     results["tables"] = [wall, rss]
     return results
 
