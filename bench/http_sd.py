@@ -50,10 +50,11 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, conns: int, seconds: float) -> dict[str, Any]:
+def wrk(url: str, conns: int, seconds: float, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     threads = min(2, conns)
+    extra = [arg for h in headers for arg in ("-H", h)]
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
-                          url], capture_output=True, text=True, timeout=seconds + 60)
+                          *extra, url], capture_output=True, text=True, timeout=seconds + 60)
     text = out.stdout
     res: dict[str, Any] = {"raw": text}
     for q in ("50", "99"):
@@ -75,6 +76,7 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
     peer = ensure_peer(install_peer) if install_peer or (PEER_VENV / "bin" / "prometheus-http-sd").exists() else None
     table = Table(f"http_sd GET /targets: wrk {seconds:g} s per cell, latency p50 / p99 in ms, requests/s",
                   ["targets", "connections", "sensor-sd p50 / p99", "sensor-sd req/s", "sensor-sd non-2xx",
+                   "sensor-sd gzip p50 / p99", "sensor-sd gzip req/s",
                    "peer p50 / p99", "peer req/s (2xx only)", "peer non-2xx / requests",
                    "req/s ratio vs peer's 2xx (vs all its answers)"])
     results: dict[str, Any] = {"cells": {}, "peer": peer is not None}
@@ -107,9 +109,12 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
                 wait_until(lambda: _peer_ok(theirs, body), 60, "prometheus-http-sd serving the targets", 0.2)
             for c in conns:
                 a = wrk(ours, c, seconds)
+                # Prometheus' Go client asks for gzip; sensor-sd then serves its once-compressed copy.
+                z = wrk(ours, c, seconds, ("Accept-Encoding: gzip",))
                 b = wrk(theirs, c, seconds) if theirs else None
-                results["cells"][(n, c)] = {"ours": a, "peer": b}
+                results["cells"][(n, c)] = {"ours": a, "ours_gzip": z, "peer": b}
                 table.add(size_label(n), c, f"{fmt(a['p50'])} / {fmt(a['p99'])}", a["rps"], a["non2xx"] + a["errors"],
+                          f"{fmt(z['p50'])} / {fmt(z['p99'])}", z["rps"],
                           f"{fmt(b['p50'])} / {fmt(b['p99'])}" if b else None,
                           f"{fmt(b['rps'])} ({fmt(b['ok_rps'])})" if b else None,
                           f"{b['non2xx'] + b['errors']:,} / {b['requests']:,}" if b else None,
