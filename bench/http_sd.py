@@ -128,7 +128,7 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
             inv.stop()
         print(f"  http_sd {size_label(n)}: done", flush=True)
     table.notes += [
-        f"Body sizes: " + ", ".join(f"{size_label(n)} targets = {b / 1024:,.0f} KiB"
+        "Body sizes: " + ", ".join(f"{size_label(n)} targets = {b / 1024:,.0f} KiB"
                                     for n, b in results.get("sizes_bytes", {}).items()) + ".",
         "wrk -t min(2, connections) --timeout 10s --latency; p50/p99 are wrk's latency distribution (answers of any "
         "status). `non-2xx` counts non-2xx/3xx answers plus socket errors; the peer's req/s counts all its answers, "

@@ -176,7 +176,6 @@ def _doc(plan: Plan, res: dict[str, Any], facts: dict[str, str], started: dateti
 def _profile_text(res: dict[str, Any]) -> str:
     prof = res["sync"]["profile"]
     stages = prof["stages"]
-    wall = prof["wall"]
     big = max(res["sync"]["sizes"])
     floor = res["sync"]["sizes"][big]["floor_phases"]
     parts = {k.strip(): v for k, v in stages.items()}

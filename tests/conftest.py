@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import asyncio
+import threading
+from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -15,6 +18,16 @@ from sensor_sd.sim.stack import Ports, Stack, StackConfig
 settings.register_profile("default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (10k-example fuzz, 1000-kill torture) run only with `-m slow` or SENSOR_SD_SLOW=1."""
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SENSOR_SD_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: select with -m slow or SENSOR_SD_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -32,3 +45,83 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     yield factory
     for stack in stacks:
         stack.stop()
+
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop on its own thread, so blocking clients in the test can talk to servers on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._cleanups: list[Callable[[], Awaitable[Any]]] = []
+
+    def run(self, coro: Awaitable[T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def defer(self, cleanup: Callable[[], Awaitable[Any]]) -> None:
+        """Run `cleanup` on the loop at teardown, last deferred first."""
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        for cleanup in reversed(self._cleanups):
+            self.run(cleanup(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()
+
+
+@dataclass(frozen=True)
+class ServedSD:
+    """sensor-sd's app served in-process over an inventory simulator app, on a LoopThread."""
+
+    lt: LoopThread
+    discoverer: Any  # sensor_sd.sync.Discoverer
+    inventory: Any  # the simulator's aiohttp Application
+    inventory_url: str  # http://127.0.0.1:PORT, without a path
+    port: int
+
+
+@pytest.fixture
+def serve_sd(loop_thread: LoopThread) -> Callable[..., ServedSD]:
+    """serve_sd(inventory_app, settings_for(inventory_url) -> Settings, poll=True) -> ServedSD; torn down after the test."""
+    import logging
+
+    from sensor_sd import server
+    from sensor_sd.inventory import Client
+    from sensor_sd.metrics import Metrics
+    from sensor_sd.sim._common import start_app
+    from sensor_sd.sync import Discoverer
+
+    def factory(inventory_app: Any, settings_for: Callable[[str], Any], poll: bool = True) -> ServedSD:
+        async def setup() -> ServedSD:
+            inv_runner, inv_port = await start_app(inventory_app, "127.0.0.1", 0)
+            loop_thread.defer(inv_runner.cleanup)
+            inv_url = f"http://127.0.0.1:{inv_port}"
+            settings = settings_for(inv_url)
+            client = Client(settings)
+            await client.__aenter__()
+            loop_thread.defer(lambda: client.__aexit__(None, None, None))
+            metrics = Metrics()
+            discoverer = Discoverer(settings, client, metrics, logging.getLogger("sensor_sd.test"))
+            if poll:
+                await discoverer.poll_all()
+            runner = await server.start(server.make_app(discoverer, metrics), settings)
+            loop_thread.defer(runner.cleanup)
+            return ServedSD(loop_thread, discoverer, inventory_app, inv_url, runner.addresses[0][1])
+
+        return loop_thread.run(setup())
+
+    return factory

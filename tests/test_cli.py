@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import Stack, free_port, http_get, http_ok, wait_until
+from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, wait_until
 
 
 def sd(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -36,9 +35,7 @@ def env_for(stack: Stack, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def put_sensors(stack: Stack, names: list[str]) -> None:
-    req = urllib.request.Request(stack.url("inventory", "/admin/sensors"), data=json.dumps(names).encode(),
-                                 method="PUT")
-    urllib.request.urlopen(req, timeout=5).close()  # noqa: S310 - loopback
+    admin_call(stack.url("inventory", "/admin/sensors"), "PUT", names)
 
 
 def targets(path: Path) -> list[str]:
@@ -101,8 +98,7 @@ def test_run_stops_on_signal_within_2s_with_file_intact(inventory: Stack, tmp_pa
 
 
 def test_run_stops_promptly_while_a_poll_hangs(inventory: Stack, tmp_path: Path) -> None:
-    req = urllib.request.Request(inventory.url("inventory", "/admin/fault"), data=b'{"mode": "hang"}', method="PUT")
-    urllib.request.urlopen(req, timeout=5).close()  # noqa: S310
+    admin_call(inventory.url("inventory", "/admin/fault"), "PUT", {"mode": "hang"})
     env = env_for(inventory, tmp_path, REQUEST_TIMEOUT="30")
     url = f"http://{env['LISTEN_ADDRESS']}"
     proc = subprocess.Popen([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env},

@@ -7,13 +7,10 @@ would talk to it; hostile requests go through raw sockets.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import logging
 import socket
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,10 +22,7 @@ from aiohttp import web
 
 from sensor_sd import server
 from sensor_sd.config import ListenAddress, Settings, Source
-from sensor_sd.inventory import Client
-from sensor_sd.metrics import Metrics
 from sensor_sd.sim import inventory as inventory_sim
-from sensor_sd.sim._common import start_app
 from sensor_sd.sync import Discoverer
 from sensor_sd.targets import hashmod
 
@@ -40,17 +34,29 @@ HOST = "127.0.0.1"
 class Served:
     """sensor-sd's app and the inventory simulator, both served on one loop thread."""
 
-    loop: asyncio.AbstractEventLoop
-    discoverer: Discoverer
-    inventory: web.Application
-    inventory_url: str
-    port: int
+    sd: Any  # conftest.ServedSD
+
+    @property
+    def discoverer(self) -> Discoverer:
+        return self.sd.discoverer  # type: ignore[no-any-return]
+
+    @property
+    def inventory(self) -> web.Application:
+        return self.sd.inventory  # type: ignore[no-any-return]
+
+    @property
+    def inventory_url(self) -> str:
+        return self.sd.inventory_url  # type: ignore[no-any-return]
+
+    @property
+    def port(self) -> int:
+        return self.sd.port  # type: ignore[no-any-return]
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
     def run(self, coro: Awaitable[T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+        return self.sd.lt.run(coro, timeout)  # type: ignore[no-any-return]
 
     def set_inventory(self, names: list[str]) -> None:
         assert requests.put(f"{self.inventory_url}/admin/sensors", json=names, timeout=5).status_code == 200
@@ -61,51 +67,23 @@ class Served:
                    if line.startswith('inventory_sim_http_requests_total{') and 'path="/inventory"' in line)
 
 
-def _serve(poll: bool, sensors: int = 300) -> Iterator[Served]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    cleanups: list[Callable[[], Awaitable[Any]]] = []
+def _serve(serve_sd: Callable[..., Any], poll: bool, sensors: int = 300) -> Served:
+    def settings_for(inv_url: str) -> Settings:
+        return Settings(sources=(Source("inv", f"{inv_url}/inventory"),), targets_file=None, update_interval=300,
+                        listen_address=ListenAddress(HOST, 0), max_drop_ratio=1.0)
 
-    async def setup() -> Served:
-        inv_app = inventory_sim.make_app(sensors, seed=1)
-        inv_runner, inv_port = await start_app(inv_app, HOST, 0)
-        cleanups.append(inv_runner.cleanup)
-        inv_url = f"http://{HOST}:{inv_port}"
-        settings = Settings(sources=(Source("inv", f"{inv_url}/inventory"),), targets_file=None,
-                            update_interval=300, listen_address=ListenAddress(HOST, 0), max_drop_ratio=1.0)
-        client = Client(settings)
-        await client.__aenter__()
-        cleanups.append(lambda: client.__aexit__(None, None, None))
-        metrics = Metrics()
-        discoverer = Discoverer(settings, client, metrics, logging.getLogger("sensor_sd.test"))
-        if poll:
-            await discoverer.poll_all()
-        runner = await server.start(server.make_app(discoverer, metrics), settings)
-        cleanups.append(runner.cleanup)
-        port = runner.addresses[0][1]
-        return Served(loop, discoverer, inv_app, inv_url, port)
-
-    served = asyncio.run_coroutine_threadsafe(setup(), loop).result(30)
-    try:
-        yield served
-    finally:
-        for cleanup in reversed(cleanups):
-            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    return Served(serve_sd(inventory_sim.make_app(sensors, seed=1), settings_for, poll))
 
 
 @pytest.fixture
-def sd() -> Iterator[Served]:
-    yield from _serve(poll=True)
+def sd(serve_sd: Callable[..., Any]) -> Served:
+    return _serve(serve_sd, poll=True)
 
 
 @pytest.fixture
-def sd_empty() -> Iterator[Served]:
+def sd_empty(serve_sd: Callable[..., Any]) -> Served:
     """Never polled: no snapshot yet."""
-    yield from _serve(poll=False)
+    return _serve(serve_sd, poll=False)
 
 
 def raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
@@ -341,21 +319,18 @@ def test_status_page_headers_forbid_scripts(sd: Served) -> None:
     assert '<span class="big" id="target-count">300</span>' in r.text
 
 
-def test_unfinished_request_headers_are_closed_after_the_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unfinished_request_headers_are_closed_after_the_idle_timeout(
+        monkeypatch: pytest.MonkeyPatch, serve_sd: Callable[..., Any]) -> None:
     monkeypatch.setattr(server, "IDLE_TIMEOUT_SECONDS", 1.0)
-    served = _serve(poll=False)
-    sd = next(served)
-    try:
-        with socket.create_connection((HOST, sd.port), timeout=10) as s:
-            s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\n")  # headers never finish
-            started = time.monotonic()
-            for _ in range(4):  # a slowloris keeps dripping header lines
-                time.sleep(0.3)
-                try:
-                    s.sendall(b"X-Drip: 1\r\n")
-                except OSError:
-                    break
-            assert s.recv(1) == b""  # closed by the server, not by our 10 s socket timeout
-            assert time.monotonic() - started < 5
-    finally:
-        served.close()
+    sd = _serve(serve_sd, poll=False)
+    with socket.create_connection((HOST, sd.port), timeout=10) as s:
+        s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+        started = time.monotonic()
+        for _ in range(4):  # a slowloris keeps dripping header lines
+            time.sleep(0.3)
+            try:
+                s.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                break
+        assert s.recv(1) == b""  # closed by the server, not by our 10 s socket timeout
+        assert time.monotonic() - started < 5

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import html.parser
-import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
 
-from sensor_sd import server, status
+from sensor_sd import status
 from sensor_sd.config import ListenAddress, Settings, Source, redact_url
-from sensor_sd.inventory import Client
-from sensor_sd.metrics import Metrics
 from sensor_sd.sim import inventory as inventory_sim
-from sensor_sd.sim._common import start_app
-from sensor_sd.sync import Change, Discoverer, SourceStatus
+from sensor_sd.sync import Change, SourceStatus
 from sensor_sd.targets import Snapshot, TargetGroup
 
 NOW = 1_800_000_000.0
@@ -118,36 +113,13 @@ def test_page_basics_for_a_browser_and_a_phone() -> None:
 
 
 @pytest.fixture
-def live() -> Iterator[tuple[str, str]]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    cleanups = []
+def live(serve_sd: Callable[..., Any]) -> tuple[str, str]:
+    def settings_for(inv_url: str) -> Settings:
+        url = inv_url.replace("http://", "http://scott:tiger@") + "/inventory?token=s3cr3t&n=<b>bold</b>"
+        return Settings(sources=(Source("inv", url),), targets_file=None, listen_address=ListenAddress("127.0.0.1", 0))
 
-    async def setup() -> str:
-        inv_runner, inv_port = await start_app(inventory_sim.make_app(5), "127.0.0.1", 0)
-        cleanups.append(inv_runner.cleanup)
-        url = f"http://scott:tiger@127.0.0.1:{inv_port}/inventory?token=s3cr3t&n=<b>bold</b>"
-        settings = Settings(sources=(Source("inv", url),), targets_file=None, listen_address=ListenAddress("127.0.0.1", 0))
-        client = Client(settings)
-        await client.__aenter__()
-        cleanups.append(lambda: client.__aexit__(None, None, None))
-        metrics = Metrics()
-        d = Discoverer(settings, client, metrics, logging.getLogger("sensor_sd.test"))
-        await d.poll_all()
-        runner = await server.start(server.make_app(d, metrics), settings)
-        cleanups.append(runner.cleanup)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    base = asyncio.run_coroutine_threadsafe(setup(), loop).result(30)
-    try:
-        yield base, "tiger"
-    finally:
-        for cleanup in reversed(cleanups):
-            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    sd = serve_sd(inventory_sim.make_app(5), settings_for)
+    return f"http://127.0.0.1:{sd.port}", "tiger"
 
 
 def test_live_page_hides_credentials_and_escapes_url(live: tuple[str, str]) -> None:

@@ -160,6 +160,8 @@ def _bad_sequence(text: str) -> bool:
         or (dot and any(seq in text for seq in _BAD_WITH_DOT))
         or (dash and dot and any(seq in text for seq in _BAD_WITH_BOTH))
     )
+
+
 # Every byte a label may hold mapped to "a": a run of 64 of them is a label over 63 characters.
 _LABEL_TO_A = bytes(ord("a") if chr(c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-" else c
                     for c in range(256))

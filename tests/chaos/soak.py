@@ -30,8 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, StackError, http_get, wait_until
+from sensor_sd.sim.stack import http_request, Ports, Stack, StackConfig, StackError, http_get, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "RELIABILITY.md"
@@ -63,16 +61,6 @@ FAULTS: list[tuple[str, dict[str, Any], int]] = [
     ("oversized", {"bytes": 80 * 1024 * 1024, "chunked": True}, 1), ("empty", {}, 2), ("reset", {}, 2),
     ("redirect_loop", {}, 2),
 ]
-
-
-def request(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def proc_stats(pid: int) -> dict[str, int]:
@@ -134,7 +122,7 @@ def churn_driver(stack: Stack, stop: threading.Event, fig: Figures, rng: random.
             items = items + rng.sample(INVALID, 2)
         rng.shuffle(items)
         try:
-            status, body = request(stack.url("inventory", "/admin/sensors"), "PUT", items)
+            status, body = http_request(stack.url("inventory", "/admin/sensors"), "PUT", items)
             if status != 200:
                 fig.note(f"PUT /admin/sensors -> {status} {body[:100]!r}")
         except OSError as exc:
@@ -155,7 +143,7 @@ def fault_driver(stack: Stack, stop: threading.Event, fig: Figures, rng: random.
         elif mode == "redirect_loop":
             count *= 6  # one poll follows 5 redirects before giving up
         try:
-            status, body = request(stack.url("inventory", "/admin/fault"), "PUT", {"mode": mode, "count": count, **params})
+            status, body = http_request(stack.url("inventory", "/admin/fault"), "PUT", {"mode": mode, "count": count, **params})
             if status != 200:
                 fig.note(f"PUT /admin/fault {mode} -> {status} {body[:100]!r}")
                 continue
@@ -205,7 +193,7 @@ def run(minutes: float, seed: int, only: set[str] | None = None,
         stop = threading.Event()
         with stack:
             stack.start(("inventory",))
-            status, _ = request(stack.url("inventory", "/admin/sensors"), "PUT", STABLE)
+            status, _ = http_request(stack.url("inventory", "/admin/sensors"), "PUT", STABLE)
             assert status == 200
             sd = stack.start_sd()
             pid = sd.popen.pid
@@ -245,7 +233,7 @@ def run(minutes: float, seed: int, only: set[str] | None = None,
                 for t in threads:
                     t.join(10)
             alive = sd.alive()
-            request(stack.url("inventory", "/admin/fault"), "DELETE")
+            http_request(stack.url("inventory", "/admin/fault"), "DELETE")
             final = {x for x in (last[0] if last else STABLE)
                      if isinstance(x, str) and x.startswith(("stable_", "churn_"))}
             converged = True

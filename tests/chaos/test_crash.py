@@ -24,8 +24,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, http_ok, sensor_sd_argv, spawn, wait_until
+from sensor_sd.sim.stack import admin_call, Ports, Stack, StackConfig, http_ok, sensor_sd_argv, spawn, wait_until
 
 LIST_A = [f"sensor_{i}" for i in range(100)]
 LIST_B = [f"sensor_{i}" for i in range(10, 110)]  # 10 % different: the drop guard lets it through
@@ -42,10 +40,7 @@ SET_B = {f"{h}:9100" for h in LIST_B}
 
 
 def put(url: str, body: Any) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback only
-        resp.read()
+    admin_call(url, "PUT", body)
 
 
 def file_set(body: bytes) -> set[str]:

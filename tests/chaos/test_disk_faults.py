@@ -18,7 +18,6 @@ import os
 import resource
 import shutil
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import LOOPBACK, Ports, Proc, Stack, StackConfig, free_port, http_get, http_ok, \
+from sensor_sd.sim.stack import admin_call, LOOPBACK, Ports, Proc, Stack, StackConfig, free_port, http_get, http_ok, \
     sensor_sd_argv, spawn, wait_until
 
 NOBODY = 65534
@@ -37,10 +36,7 @@ NOT_WRITTEN = "targets file not written, previous file kept"
 
 
 def put(url: str, body: Any) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback only
-        resp.read()
+    admin_call(url, "PUT", body)
 
 
 def targets(body: bytes) -> set[str]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,23 +30,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, http_get, wait_until
+from sensor_sd.sim.stack import http_request, Ports, Stack, StackConfig, http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
 SOURCE = "inventory"
 JOBS = ("sensors", "sensors-http")
 WINDOW_TIMEOUT = 30.0  # generous: the machine is shared
-
-
-def request(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -108,7 +96,7 @@ class Matrix:
 
     # --- driving the inventory
     def inv(self, method: str, path: str, body: Any = None) -> Any:
-        status, data = request(self.stack.url("inventory", path), method, body)
+        status, data = http_request(self.stack.url("inventory", path), method, body)
         assert status == 200, f"{method} {path} -> {status} {data[:200]!r}"
         return json.loads(data)
 
@@ -239,7 +227,7 @@ def test_http_fault(matrix: Matrix, name: str) -> None:
         _error_window(matrix, reason, offset, lambda: matrix.inv("PUT", "/admin/fault", body))
         matrix.recover()
     finally:
-        request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
+        http_request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
     matrix.faults_tried.append(name)
 
 
@@ -279,7 +267,7 @@ def test_slow_drip_below_timeout(matrix: Matrix) -> None:
         matrix.check_prometheus()
         matrix.recover()
     finally:
-        request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
+        http_request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
     matrix.faults_tried.append("slow_drip")
 
 
@@ -308,7 +296,7 @@ def test_empty_list(matrix: Matrix) -> None:
     try:
         _held_window(matrix, lambda: matrix.inv("PUT", "/admin/fault", {"mode": "empty"}), None)
     finally:
-        request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
+        http_request(matrix.stack.url("inventory", "/admin/fault"), "DELETE")
     matrix.faults_tried.append("empty_list")
 
 

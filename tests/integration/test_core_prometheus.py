@@ -5,23 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sensor_sd.sim.stack import Stack, http_get, wait_until
+from sensor_sd.sim.stack import admin_call, Stack, http_get, wait_until
 
 SENSORS = {f"sensor_{i}:9100" for i in range(100)}
 
 
 def admin(stack: Stack, method: str, path: str, body: Any = None) -> None:
-    import urllib.request
-
-    req = urllib.request.Request(stack.url("inventory", path), method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
-        assert resp.status == 200
+    admin_call(stack.url("inventory", path), method, body)
 
 
 def prometheus_targets(stack: Stack) -> set[str]:

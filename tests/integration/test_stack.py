@@ -15,13 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sensor_sd.sim.stack import (PARTS, Ports, Stack, StackConfig, StackError, http_get, port_in_use, rules_with_for,
+from sensor_sd.sim.stack import (admin_call, PARTS, Ports, Stack, StackConfig, StackError, http_get, port_in_use, rules_with_for,
                                  wait_until)
 
 FOR = "3s"  # every alert's `for:` in the test copy: long enough to ride out a single 1 s scrape hiccup
@@ -29,11 +28,7 @@ INTERVAL = 1.0  # sensor-sd UPDATE_INTERVAL, Prometheus scrape and evaluation in
 DOWN = ["sensor_3", "sensor_42", "sensor_77"]
 
 
-def admin(url: str, method: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback only
-        return json.loads(resp.read() or b"null")
+admin = admin_call
 
 
 def firing(stack: Stack, alertname: str) -> list[dict[str, Any]]:

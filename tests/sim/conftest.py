@@ -9,10 +9,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,43 +54,25 @@ class Served:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
 
 
-class LoopThread:
-    """One asyncio loop in a daemon thread; servers started on it share it."""
+class SimLoop:
+    """The shared LoopThread (tests/conftest.py) plus `serve(app)` for the simulator apps."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.served: list[Served] = []
+    def __init__(self, lt: Any) -> None:
+        self.lt = lt
+        self.loop: asyncio.AbstractEventLoop = lt.loop
 
     def run(self, coro: Awaitable[T], timeout: float = 30) -> T:
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        return fut.result(timeout=timeout)
+        return self.lt.run(coro, timeout)  # type: ignore[no-any-return]
 
     def serve(self, app: web.Application) -> Served:
         runner, port = self.run(start_app(app, "127.0.0.1", 0))
-        served = Served(app=app, port=port, runner=runner, loop=self.loop)
-        self.served.append(served)
-        return served
-
-    def close(self) -> None:
-        for served in self.served:
-            try:
-                served.stop()
-            except Exception:  # already stopped by the test
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
+        self.lt.defer(runner.cleanup)  # a second cleanup after a test's own stop() is harmless
+        return Served(app=app, port=port, runner=runner, loop=self.loop)
 
 
 @pytest.fixture
-def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
+def loop_thread(loop_thread: Any) -> SimLoop:
+    return SimLoop(loop_thread)
 
 
 def _wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

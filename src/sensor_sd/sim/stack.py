@@ -30,8 +30,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; HTTP errors are returned, not raised."""
+def http_request(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a request with an optional JSON body; HTTP errors are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {} if data is None else {"Content-Type": "application/json"}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs only
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback URLs only
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP errors are returned, not raised."""
+    return http_request(url, timeout=timeout)
+
+
+def admin_call(url: str, method: str, body: Any = None) -> Any:
+    """A simulator admin API call that must succeed; its JSON answer (StackError otherwise)."""
+    status, data = http_request(url, method, body)
+    if not 200 <= status < 300:
+        raise StackError(f"{method} {url} answered {status}: {data[:200]!r}")
+    return json.loads(data or b"null")
 
 
 def http_ok(url: str) -> bool:
