@@ -109,6 +109,8 @@ def diff(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[tuple[str, ...], t
     """
     if old == new:
         return (), ()
+    if not old or not new:  # first sync or emptied: no copy of a 1M-target tuple
+        return new, old
     added: list[str] = []
     removed: list[str] = []
     i = j = 0
