@@ -242,3 +242,24 @@ def module_main(prog: str, doc: str | None, add_arguments: Callable[[argparse.Ar
     parser = argparse.ArgumentParser(prog=prog, description=(doc or "").splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def add_common_routes(app: web.Application, key: web.AppKey[Any]) -> None:
+    """`/metrics`, `/-/healthy` and the stop flag on shutdown, shared by both simulators.
+
+    The state at `app[key]` has a `registry` (its own metrics) and a `stopping` event
+    that hung or slow handlers watch so a shutdown never waits for them.
+    """
+
+    async def metrics(request: web.Request) -> web.Response:
+        return metrics_response(request.app[key].registry)
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response(text="OK\n")
+
+    async def stopping(app: web.Application) -> None:
+        app[key].stopping.set()
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.on_shutdown.append(stopping)

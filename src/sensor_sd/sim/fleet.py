@@ -36,6 +36,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sensor_sd.sim._common import (
+    add_common_routes,
     module_main,
     port_arg,
     seconds_arg,
@@ -46,7 +47,6 @@ from sensor_sd.sim._common import (
     get_number,
     get_str_list,
     json_response,
-    metrics_response,
     read_json,
     require_object,
     serve_forever,
@@ -357,18 +357,6 @@ async def admin_state(request: web.Request) -> web.Response:
     return json_response(request.app[STATE].describe())
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    return metrics_response(request.app[STATE].registry)
-
-
-async def handle_healthy(request: web.Request) -> web.Response:
-    return web.Response(text="OK\n")
-
-
-async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].stopping.set()
-
-
 def make_app(
     *,
     down: list[str] | None = None,
@@ -393,15 +381,13 @@ def make_app(
     app = web.Application(middlewares=[_dispatch, admin_errors], client_max_size=CLIENT_MAX_SIZE)
     app[STATE] = state
     r = app.router
-    r.add_get("/metrics", handle_metrics)
-    r.add_get("/-/healthy", handle_healthy)
     r.add_get("/admin/state", admin_state)
     r.add_put("/admin/down", admin_down)
     r.add_put("/admin/slow", admin_slow)
     r.add_put("/admin/garbage", admin_garbage)
     r.add_delete("/admin/faults", admin_clear)
     app.cleanup_ctx.append(_inventory_loop)
-    app.on_shutdown.append(_on_shutdown)
+    add_common_routes(app, STATE)
     return app
 
 

@@ -45,6 +45,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sensor_sd.sim._common import (
+    add_common_routes,
     count_arg,
     module_main,
     port_arg,
@@ -57,7 +58,6 @@ from sensor_sd.sim._common import (
     get_number,
     get_str_list,
     json_response,
-    metrics_response,
     read_json,
     require_object,
     serve_forever,
@@ -565,14 +565,6 @@ async def admin_churn_step(request: web.Request) -> web.Response:
     return json_response({**state.churn_step(), **state.describe()})
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    return metrics_response(request.app[STATE].registry)
-
-
-async def handle_healthy(request: web.Request) -> web.Response:
-    return web.Response(text="OK\n")
-
-
 # -- app -------------------------------------------------------------------
 
 @web.middleware
@@ -614,10 +606,6 @@ async def _churn_loop(app: web.Application) -> AsyncIterator[None]:
         pass
 
 
-async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].stopping.set()
-
-
 def make_app(
     sensors: int = 100,
     *,
@@ -650,10 +638,8 @@ def make_app(
     r.add_put("/admin/churn", admin_put_churn)
     r.add_delete("/admin/churn", admin_delete_churn)
     r.add_post("/admin/churn/step", admin_churn_step)
-    r.add_get("/metrics", handle_metrics)
-    r.add_get("/-/healthy", handle_healthy)
     app.cleanup_ctx.append(_churn_loop)
-    app.on_shutdown.append(_on_shutdown)
+    add_common_routes(app, STATE)
     return app
 
 
