@@ -107,10 +107,9 @@ def validate(entries: Sequence[object], default_port: int) -> Validated:
     return Validated(sorted_unique(valid), invalid, tuple(examples))
 
 
-# Characters of a bare hostname list joined by newlines; anything else takes the slow path.
-_BARE_RE = re.compile(r"[A-Za-z0-9_.\n-]*")
-_BAD_SEQUENCES = ("\n\n", "\n-", "\n.", "-\n", ".-", "-.", "..")
-_LONG_LABEL_RE = re.compile(r"[^.\n]{64}")
+# Characters of bare hostnames joined by ":port\n"; anything else takes the slow path.
+_BARE_RE = re.compile(r"[A-Za-z0-9_.:\n-]*")
+_LONG_LABEL_RE = re.compile(r"[^.:\n]{64}")
 
 
 def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
@@ -121,30 +120,32 @@ def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
     """
     if not entries:
         return []
+    suffix = f":{port}"
     try:
-        joined = "\n".join(entries)  # type: ignore[arg-type]
+        text = (suffix + "\n").join(entries)  # type: ignore[arg-type]
     except TypeError:  # an entry is not a string
         return None
     longest = max(map(len, entries))  # type: ignore[arg-type]
+    joins = len(entries) - 1
     if (
-        not joined
-        or joined.count("\n") != len(entries) - 1  # an entry with a newline of its own
-        or not _BARE_RE.fullmatch(joined)
-        or joined[0] in "-.\n"
-        or joined[-1] in "-\n"
-        or any(seq in joined for seq in _BAD_SEQUENCES)
+        text.count("\n") != joins  # an entry with a newline of its own
+        or text.count(":") != joins  # an entry with a colon (a port) of its own
+        or not _BARE_RE.fullmatch(text)
+        or _invalid_joined(text)
         or longest > MAX_ENTRY_LENGTH
-        or (longest > 63 and _LONG_LABEL_RE.search(joined))  # a label over 63 chars is possible only then
+        or (longest > 63 and _LONG_LABEL_RE.search(text))  # a label over 63 chars is possible only then
     ):
         return None
-    return list(map(operator.add, entries, itertools.repeat(f":{port}")))  # type: ignore[arg-type]
+    targets = text.split("\n")
+    targets[-1] += suffix
+    return targets
 
 
 # Bytes a bare hostname may consist of; whatever a body holds besides them must be JSON punctuation.
 _HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
 _JSON_SPACE = b" \t\r\n"
 _SEPARATORS = (b'","', b'", "')  # compact (orjson, JS) and Python's json.dumps default
-# In "host:port\nhost:port..." a sequence that only an invalid entry produces (see validate_body),
+# In "host:port\nhost:port..." a sequence that only an invalid entry produces (see _invalid_joined),
 # grouped by the character they need: a one-character search runs at memchr speed, the pairs ~20x slower.
 _BAD_AFTER_NEWLINE = "\n:"  # an empty entry
 _BAD_WITH_DASH = ("\n-", "-:")  # a leading or trailing '-'
@@ -152,10 +153,18 @@ _BAD_WITH_DOT = ("\n.", "..")  # a leading '.' or an empty label
 _BAD_WITH_BOTH = (".-", "-.")  # a label that starts or ends with '-'
 
 
-def _bad_sequence(text: str) -> bool:
+def _invalid_joined(text: str) -> bool:
+    """True when hostnames joined as "host:port\nhost" hold an entry `normalize` would reject.
+
+    The characters are checked by the caller; this finds the empty entry and the
+    label that is empty or starts or ends with '-', which a character scan cannot.
+    """
     dash, dot = "-" in text, "." in text
     return (
-        _BAD_AFTER_NEWLINE in text
+        not text
+        or text[0] in ".-:"  # the first entry is empty or starts with '.'/'-'
+        or text[-1] in "-\n"  # the last entry ends with '-' or is empty
+        or _BAD_AFTER_NEWLINE in text
         or (dash and any(seq in text for seq in _BAD_WITH_DASH))
         or (dot and any(seq in text for seq in _BAD_WITH_DOT))
         or (dash and dot and any(seq in text for seq in _BAD_WITH_BOTH))
@@ -205,12 +214,7 @@ def validate_body(box: list[bytes], default_port: int) -> Validated | None:
     suffix = f":{default_port}"
     # One replace turns 'a","b' into 'a:9100\nb'; the last entry gets its suffix after the split.
     text = str(memoryview(body)[start + 2:end - 2], "ascii").replace(sep.decode(), suffix + "\n")
-    if (
-        not text
-        or text[0] in ".-:"  # the first entry is empty or starts with '.'/'-'
-        or text[-1] in "-\n"  # the last entry ends with '-' or is empty
-        or _bad_sequence(text)
-    ):
+    if _invalid_joined(text):
         box.append(body)
         return None
     del body
