@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,31 +253,35 @@ class StackConfig:
         return [*shipped, *self.extra_rule_files]
 
 
+def _to_loopback(doc: dict[str, Any], ports: Ports) -> None:
+    """Point the static targets of a shipped Prometheus config (scrape jobs, Alertmanagers) at loopback ports."""
+    hosts = {"localhost:9090": ports.prometheus, "prometheus:9090": ports.prometheus, "sensor-sd:8080": ports.sd,
+             "inventory_server:1337": ports.inventory, "alertmanager:9093": ports.alertmanager}
+    configs = [sc for am in doc.get("alerting", {}).get("alertmanagers", []) for sc in am.get("static_configs", [])]
+    configs += [sc for job in doc.get("scrape_configs", []) for sc in job.get("static_configs", [])]
+    for sc in configs:
+        sc["targets"] = [f"{LOOPBACK}:{hosts[t]}" if t in hosts else t for t in sc["targets"]]
+
+
+def _short_scrapes(job: dict[str, Any], cfg: StackConfig) -> None:
+    job["scrape_interval"] = cfg.scrape_interval
+    job["scrape_timeout"] = cfg.scrape_interval if _seconds(cfg.scrape_interval) < 10 else "10s"
+
+
 def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
     """The shipped prometheus.yml, rewritten for loopback ports and the fleet proxy."""
     import yaml
 
     doc = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     p = cfg.ports
-    hosts = {"localhost:9090": p.prometheus, "prometheus:9090": p.prometheus, "sensor-sd:8080": p.sd,
-             "inventory_server:1337": p.inventory, "alertmanager:9093": p.alertmanager}
-
-    def loopback(target: str) -> str:
-        return f"{LOOPBACK}:{hosts[target]}" if target in hosts else target
-
+    _to_loopback(doc, p)
     doc["global"]["scrape_interval"] = cfg.scrape_interval
     doc["global"]["evaluation_interval"] = cfg.evaluation_interval
-    for am in doc.get("alerting", {}).get("alertmanagers", []):
-        for sc in am.get("static_configs", []):
-            sc["targets"] = [loopback(t) for t in sc["targets"]]
     doc["rule_files"] = [str(r) for r in cfg.rule_files()]
     jobs = []
     for job in doc["scrape_configs"]:
-        for sc in job.get("static_configs", []):
-            sc["targets"] = [loopback(t) for t in sc["targets"]]
         if job["job_name"] == "sensors":
-            job["scrape_interval"] = cfg.scrape_interval
-            job["scrape_timeout"] = cfg.scrape_interval if _seconds(cfg.scrape_interval) < 10 else "10s"
+            _short_scrapes(job, cfg)
             job["file_sd_configs"] = [{"files": [str(cfg.targets_file)], "refresh_interval": "30s"}]
             job["proxy_url"] = f"http://{LOOPBACK}:{p.fleet}"
             if cfg.http_sd:
@@ -288,6 +292,33 @@ def prometheus_config(cfg: StackConfig) -> dict[str, Any]:
         jobs.append(job)
     doc["scrape_configs"] = sorted(jobs, key=lambda j: j["job_name"] == "sensors-http")
     return doc
+
+
+def agent_configs(cfg: StackConfig, central_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The shipped agent-mode pair (deploy/prometheus/agent/) for loopback: (agent, central).
+
+    The agent (on `cfg.ports.prometheus`) discovers the sensors through
+    sensor-sd's http_sd, scrapes them through the fleet proxy and
+    remote-writes everything to the central Prometheus on `central_port`.
+    """
+    import yaml
+
+    agent = yaml.safe_load((DEPLOY / "prometheus" / "agent" / "prometheus-agent.yml").read_text())
+    central = yaml.safe_load((DEPLOY / "prometheus" / "agent" / "prometheus-central.yml").read_text())
+    _to_loopback(agent, cfg.ports)
+    _to_loopback(central, replace(cfg.ports, prometheus=central_port))
+    agent["global"]["scrape_interval"] = central["global"]["scrape_interval"] = cfg.scrape_interval
+    central["global"]["evaluation_interval"] = cfg.evaluation_interval
+    central["rule_files"] = [str(r) for r in cfg.rule_files()]
+    for job in agent["scrape_configs"]:
+        for sd in job.get("http_sd_configs", []):
+            sd["url"] = f"http://{LOOPBACK}:{cfg.ports.sd}/targets"
+            _short_scrapes(job, cfg)
+            job["proxy_url"] = f"http://{LOOPBACK}:{cfg.ports.fleet}"
+    for rw in agent["remote_write"]:
+        rw["url"] = f"http://{LOOPBACK}:{central_port}/api/v1/write"
+        rw.setdefault("queue_config", {})["batch_send_deadline"] = "1s"  # forward within a second locally
+    return agent, central
 
 
 def rules_with_for(dst: Path, for_: str) -> Path:
@@ -419,6 +450,24 @@ class Stack:
                 "--storage.tsdb.retention.time=1d", "--log.level=warn"]
         return self._start("prometheus", argv, self.url("prometheus", "/-/ready"), timeout=60)
 
+    def start_agent_mode(self, central_port: int) -> None:
+        """Instead of one Prometheus: a central Prometheus with the remote-write receiver, and an agent feeding it."""
+        import yaml
+
+        agent, central = agent_configs(self.cfg, central_port)
+        paths = {name: self.cfg.workdir / f"prometheus-{name}.yml" for name in ("agent", "central")}
+        paths["agent"].write_text(yaml.safe_dump(agent, sort_keys=False))
+        paths["central"].write_text(yaml.safe_dump(central, sort_keys=False))
+        self._start("prometheus-central", [
+            binary("prometheus"), f"--config.file={paths['central']}", f"--storage.tsdb.path={self.cfg.workdir / 'central'}",
+            f"--web.listen-address={LOOPBACK}:{central_port}", "--web.enable-remote-write-receiver", "--log.level=warn",
+        ], f"http://{LOOPBACK}:{central_port}/-/ready", timeout=60)
+        self._start("prometheus-agent", [
+            binary("prometheus"), "--enable-feature=agent", f"--config.file={paths['agent']}",
+            f"--storage.agent.path={self.cfg.workdir / 'agent'}",
+            f"--web.listen-address={LOOPBACK}:{self.cfg.ports.prometheus}", "--log.level=warn",
+        ], self.url("prometheus", "/-/ready"), timeout=60)
+
     def write_alertmanager_config(self) -> Path:
         import yaml
 
@@ -462,10 +511,11 @@ class Stack:
 
     # --- queries used by make run and the tests
 
-    def prometheus_query(self, query: str) -> list[dict[str, Any]]:
+    def prometheus_query(self, query: str, base: str | None = None) -> list[dict[str, Any]]:
+        """An instant query against the stack's Prometheus, or the one at `base` (e.g. the agent's central)."""
         from urllib.parse import quote
 
-        status, body = http_get(self.url("prometheus", f"/api/v1/query?query={quote(query)}"))
+        status, body = http_get((base or self.url("prometheus")) + f"/api/v1/query?query={quote(query)}")
         data = json.loads(body)
         if status != 200 or data.get("status") != "success":
             raise StackError(f"query {query!r} failed: {body[:300]!r}")
