@@ -134,3 +134,122 @@ def test_json_logs_one_object_per_line_with_change_details(inventory: Stack, tmp
     assert synced and synced[0]["source"] == "inv" and synced[0]["added"] == 100
     assert len(synced[0]["added_names"]) == 10
     assert {"ts", "level", "duration", "result", "targets"} <= synced[0].keys()
+
+
+# --- check: the guard's own decision, once's exit codes, nothing written (issue 13 #10) ---------
+
+
+def test_check_exits_1_when_the_guard_would_hold_as_once_does(inventory: Stack, tmp_path: Path) -> None:
+    env = env_for(inventory, tmp_path)
+    sd(["once"], env)
+    before = (tmp_path / "t.json").read_bytes()
+    put_sensors(inventory, ["sensor_1"])
+    out = sd(["check"], env)
+    assert out.returncode == 1, out.stdout
+    assert "inv: the drop guard would hold this change back" in out.stdout
+    assert "inventory synced" not in out.stderr
+    assert sd(["once"], env).returncode == 1
+    assert (tmp_path / "t.json").read_bytes() == before
+
+
+def test_check_takes_the_decision_from_the_guard(inventory: Stack, tmp_path: Path) -> None:
+    """With one confirmation and no hold the guard applies a mass drop at once: check says so, once does it."""
+    env = env_for(inventory, tmp_path, DROP_CONFIRMATIONS="1", DROP_HOLD="0")
+    sd(["once"], env)
+    put_sensors(inventory, ["sensor_1"])
+    out = sd(["check"], env)
+    assert out.returncode == 0, out.stdout
+    assert "would hold" not in out.stdout and "- sensor_0:9100" in out.stdout.splitlines()
+    assert len(targets(tmp_path / "t.json")) == 100
+    assert sd(["once"], env).returncode == 0
+    assert targets(tmp_path / "t.json") == ["sensor_1:9100"]
+
+
+def test_check_without_a_file_creates_none_and_logs_no_sync(inventory: Stack, tmp_path: Path) -> None:
+    out = sd(["check"], env_for(inventory, tmp_path / "out"))
+    assert out.returncode == 0
+    assert "+ sensor_0:9100" in out.stdout.splitlines()
+    assert "inventory synced" not in out.stderr
+    assert not (tmp_path / "out").exists()  # not even the directory
+
+
+# --- one plain-language summary line on a terminal (issue 13 #9) ---------------------------------
+
+
+def write_targets(path: Path, count: int, source: str = "inv") -> None:
+    path.write_text(json.dumps([{"targets": [f"sensor_{i}:9100" for i in range(count)],
+                                 "labels": {"__metrics_path__": "/metrics", "source": source}}]))
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+DEAD = {"INVENTORY_URL": "inv=http://127.0.0.1:1/inv", "LOG_FORMAT": "json"}
+
+
+def test_once_summary_unreachable_with_a_file(tmp_path: Path) -> None:
+    write_targets(tmp_path / "t.json", 100)
+    out = sd(["once", "--summary=always"], {**DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
+    assert out.returncode == 1
+    assert last_line(out.stderr) == ("sensor-sd once: inventory unreachable (connection refused: 127.0.0.1:1); "
+                                     "targets file unchanged (100 targets); exit 1: the inventory failed")
+    assert "ssl:default" not in out.stderr
+
+
+def test_once_summary_unreachable_with_nothing_known(tmp_path: Path) -> None:
+    out = sd(["once", "--summary=always"], {**DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
+    assert out.returncode == 1
+    line = last_line(out.stderr)
+    assert line == ("sensor-sd once: inventory unreachable (connection refused: 127.0.0.1:1); "
+                    "no targets file (nothing known yet, nothing written); exit 1: the inventory failed")
+    assert '"kept"' not in out.stderr  # nothing existed, so nothing is said to be kept
+
+
+def test_once_and_check_summaries_for_success_unchanged_and_held(inventory: Stack, tmp_path: Path) -> None:
+    env = env_for(inventory, tmp_path)
+    first = sd(["once", "--summary=always"], env)
+    assert last_line(first.stderr) == ("sensor-sd once: applied +100 -0 targets; "
+                                       "targets file written (100 targets); exit 0: success")
+    again = sd(["once", "--summary=always"], env)
+    assert last_line(again.stderr) == ("sensor-sd once: inventory unchanged; "
+                                       "targets file unchanged (100 targets); exit 0: success")
+    put_sensors(inventory, ["sensor_1"])
+    held = sd(["once", "--summary=always"], env)
+    assert last_line(held.stderr) == (
+        "sensor-sd once: change held back by the drop guard (would remove 99 of 100 targets, seen 1 of 3 polls); "
+        "targets file unchanged (100 targets); exit 1: a change was held back (--force applies it)")
+    check = sd(["check", "--summary=always"], env)
+    assert check.returncode == 1
+    assert last_line(check.stderr) == (
+        "sensor-sd check: change would be held back by the drop guard (would remove 99 of 100 targets, "
+        "seen 1 of 3 polls); nothing written, targets file holds 100 targets; exit 1: a change would be held back")
+    quiet = sd(["check"], env)  # not a terminal: no summary unless asked
+    assert "sensor-sd check:" not in quiet.stderr
+
+
+def test_summary_on_a_real_terminal(tmp_path: Path) -> None:
+    """No option: a pty as stdout and stderr is enough to get the summary line."""
+    import pty
+
+    write_targets(tmp_path / "t.json", 7)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sensor_sd", "once"], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, **DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=30) == 1
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert last_line(text) == ("sensor-sd once: inventory unreachable (connection refused: 127.0.0.1:1); "
+                               "targets file unchanged (7 targets); exit 1: the inventory failed")
+    piped = sd(["once"], {**DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
+    assert "sensor-sd once:" not in piped.stderr

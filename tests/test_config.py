@@ -137,3 +137,40 @@ def test_cli_unknown_flag_exits_2() -> None:
 ])
 def test_redact_url_hides_credentials_and_query_values(url: str, shown: str) -> None:
     assert config.redact_url(url) == shown
+
+
+def test_drop_window_and_hold() -> None:
+    s = load()
+    assert (s.drop_window, s.drop_hold) == (3600.0, 300.0)
+    s = load({"DROP_WINDOW": "0", "DROP_HOLD": "0"})
+    assert (s.drop_window, s.drop_hold) == (0.0, 0.0)
+    assert load({"DROP_HOLD": "10"}, drop_hold="60.5", drop_window="7200").drop_hold == 60.5
+    assert load(drop_window="7200").drop_window == 7200.0
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("DROP_WINDOW", "-1"), ("DROP_WINDOW", "nan"), ("DROP_WINDOW", "inf"), ("DROP_WINDOW", "x"),
+    ("DROP_HOLD", "-0.5"), ("DROP_HOLD", ""), ("DROP_HOLD", "1e9"),
+])
+def test_bad_drop_window_and_hold(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({variable: value})
+    assert str(info.value).startswith(f"invalid {variable}=") and ">= 0" in str(info.value)
+
+
+def test_drop_flags_exist() -> None:
+    out = subprocess.run([sys.executable, "-m", "sensor_sd", "once", "--help"], capture_output=True, text=True)
+    assert "--drop-window" in out.stdout and "--drop-hold" in out.stdout
+
+
+def test_readme_configuration_table_lists_every_variable_with_its_default() -> None:
+    """The README's table is what users read: every variable, with its default as the code has it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line.split("|")[1:3] for line in readme.splitlines() if line.startswith("| `") and line.count("|") >= 4]
+    for opt in config.OPTIONS:
+        found = [(names.strip(), default.strip()) for names, default in rows if f"`{opt.env}`" in names]
+        assert found, f"README configuration table lacks {opt.env}"
+        names, shown = found[0]
+        default = config.DEFAULTS[opt.env]
+        if " / " not in names:  # rows of two variables (LOG_FORMAT / LOG_LEVEL) show both defaults
+            assert f"`{default}`" in shown or (not default and shown == "empty"), (opt.env, shown)

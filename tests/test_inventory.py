@@ -150,7 +150,46 @@ def test_https_with_ca_file(tmp_path: Path) -> None:
         async with Client(settings(url, INVENTORY_CA_FILE=str(ca_file))) as client:
             assert (await client.fetch(Source("inv", url), Validators())).body == b'["tls_sensor"]'
         async with Client(settings(url)) as client:  # system CAs do not trust it
-            with pytest.raises(FetchError):
+            with pytest.raises(FetchError) as info:
                 await client.fetch(Source("inv", url), Validators())
+        assert str(info.value).startswith(f"TLS certificate not accepted: localhost:{server.port} ("), info.value
+        assert "ssl:" not in str(info.value) and "Error" not in str(info.value)
 
     serve(handler, test, server_ctx)
+
+
+def _fetch_error(url: str) -> str:
+    async def main() -> str:
+        s = settings(url, REQUEST_TIMEOUT="5")
+        async with Client(s) as client:
+            with pytest.raises(FetchError) as info:
+                await client.fetch(s.sources[0], Validators())
+        return str(info.value)
+
+    return asyncio.run(main())
+
+
+def test_connection_errors_in_plain_words() -> None:
+    """No library jargon (`ssl:default`, exception class names) in what the user reads."""
+    assert _fetch_error("http://127.0.0.1:1/inventory") == "connection refused: 127.0.0.1:1"
+    assert _fetch_error("https://[::1]:1/inventory") in ("connection refused: [::1]:1",
+                                                         "network unreachable: [::1]:1",
+                                                         "cannot connect: [::1]:1 (Cannot assign requested address)")
+    dns = _fetch_error("http://no-such-host.invalid:1337/inventory")
+    assert dns.startswith("cannot resolve host name: no-such-host.invalid"), dns
+
+
+def test_a_closed_connection_in_plain_words() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # no answer at all
+        return web.Response()
+
+    async def test(url: str, server: TestServer) -> None:
+        s = settings(url)
+        async with Client(s) as client:
+            with pytest.raises(FetchError) as info:
+                await client.fetch(s.sources[0], Validators())
+        assert str(info.value) == "the inventory closed the connection without answering", str(info.value)
+
+    serve(handler, test)

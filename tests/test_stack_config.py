@@ -118,3 +118,15 @@ def test_rules_with_short_for_differ_from_the_shipped_ones_only_in_for(tmp_path:
         for r in g["rules"]:
             r.pop("for", None)
     assert copied == shipped
+
+
+def test_the_demo_holds_an_emptied_inventory_visibly_and_the_docs_say_how_long() -> None:
+    """`make run` polls every 2 s: the hold must outlast DROP_CONFIRMATIONS polls by far, and the docs name it."""
+    from sensor_sd import config
+    from sensor_sd.sim.stack import DEMO_DROP_HOLD
+
+    settings = config.load({}, {"DROP_HOLD": DEMO_DROP_HOLD})
+    polls_alone = settings.drop_confirmations * StackConfig(Path(".")).update_interval  # ~6 s
+    assert settings.drop_hold >= 10 * polls_alone
+    doc = (DEPLOY.parent / "docs" / "local-stack.md").read_text()
+    assert f"`DROP_HOLD={DEMO_DROP_HOLD}`" in doc

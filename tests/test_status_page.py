@@ -61,7 +61,7 @@ def test_hostile_values_are_escaped() -> None:
     page = status.render(view(
         (_source(EVIL, f"http://inv/x?{EVIL}", last_error=f"decode: {EVIL}{EVIL_ATTR}", last_result=EVIL_ATTR,
                  guard_held=7, guard_seen=2),),
-        changes=(Change(NOW - 1, EVIL, "add", f"{EVIL}:9100"), Change(NOW - 2, EVIL_ATTR, "remove", EVIL_ATTR)),
+        changes=(Change(NOW - 1, EVIL, 1, 0, (f"{EVIL}:9100",)), Change(NOW - 2, EVIL_ATTR, 0, 1, (), (EVIL_ATTR,))),
         snapshot=Snapshot.build(groups)))
     text = page.decode()
     assert "<script" not in text and "onmouseover=" not in text.replace("&quot; onmouseover=&quot;", "")
@@ -70,7 +70,7 @@ def test_hostile_values_are_escaped() -> None:
     assert not [a for a in parsed.attrs if a.startswith("on")]
     shown = "".join(parsed.text)
     assert EVIL in shown  # shown as text, intact, for the human to read
-    assert "holding back a list of 7 targets" in shown and "seen 2" in shown
+    assert "holding back a list of 7 targets" in shown and "seen 2 of 3 polls" in shown
 
 
 def test_long_errors_are_cut() -> None:
@@ -129,4 +129,75 @@ def test_live_page_hides_credentials_and_escapes_url(live: tuple[str, str]) -> N
     assert password not in r.text and "scott" not in r.text and "s3cr3t" not in r.text
     assert "<b>" not in r.text
     assert '<span class="big" id="target-count">5</span>' in r.text
-    assert "sensor_4:9100" in r.text  # recent adds are listed
+    assert "+5 targets (first sync)" in r.text  # one line, not five
+    assert "sensor_4:9100" not in r.text
+
+
+# --- issue 13 #11: degraded state, time order, one line per sync, the guard's hold -----------------
+
+
+def text_of(page: bytes) -> str:
+    """The visible text of the body, whitespace collapsed (the <head> holds the style sheet)."""
+    return " ".join("".join(parse(page.split(b"</head>", 1)[1]).text).split())
+
+
+SNAP = Snapshot.build((TargetGroup("inv", ("a:1", "b:1", "c:1"), (("source", "inv"),)),))
+
+
+def test_header_shows_degraded_while_the_last_poll_failed() -> None:
+    page = text_of(status.render(view((_source("inv", "http://inv/", last_result="error", last_success=NOW - 600,
+                                                last_error="unreachable: connection refused: inv:1337"),),
+                                      snapshot=SNAP)))
+    assert "degraded" in page and "· ready" not in page
+    assert "serving last known good since 2027-01-15 07:50:00 UTC (10 min ago)" in page
+    assert "1 of 1 source failing" in page
+
+
+def test_degraded_names_each_failing_source() -> None:
+    page = text_of(status.render(view((_source("north", "http://n/"),
+                                       _source("south", "http://s/", last_result="error", last_success=None)),
+                                      snapshot=SNAP)))
+    assert "1 of 2 sources failing" in page
+    assert "south: serving the targets file loaded at start (no successful poll yet)" in page
+
+
+def test_ready_when_every_source_is_fine() -> None:
+    page = text_of(status.render(view((_source("inv", "http://inv/"),), snapshot=SNAP)))
+    assert "· ready" in page and "degraded" not in page
+
+
+def test_recent_changes_newest_first_by_time() -> None:
+    changes = (Change(NOW - 300, "inv", 1, 0, ("sensor_99:9100",)),
+               Change(NOW - 10, "inv", 1, 0, ("sensor_9:9100",)),
+               Change(NOW - 120, "inv", 0, 1, (), ("sensor_100:9100",)))
+    page = text_of(status.render(view((_source("inv", "http://inv/"),), changes=changes, snapshot=SNAP)))
+    order = [page.index(name) for name in ("sensor_9:9100", "sensor_100:9100", "sensor_99:9100")]
+    assert order == sorted(order), page
+
+
+def test_a_first_sync_is_one_line() -> None:
+    first = Change(NOW - 5, "inv", 100, 0, tuple(f"sensor_{i}:9100" for i in range(status.CHANGE_NAMES)), (),
+                   first=True)
+    page = status.render(view((_source("inv", "http://inv/"),), changes=(first,), snapshot=SNAP))
+    text = text_of(page)
+    assert "+100 targets (first sync)" in text
+    assert "sensor_0:9100" not in text
+    assert page.count(b"<li>") == 1
+
+
+def test_a_large_sync_is_one_line_with_examples() -> None:
+    big = Change(NOW - 5, "inv", 250, 3, ("n_0:9100", "n_1:9100", "n_2:9100"), ("o_0:9100",))
+    page = status.render(view((_source("inv", "http://inv/"),), changes=(big,), snapshot=SNAP))
+    text = text_of(page)
+    assert "+250 −3 targets" in text and "n_0:9100" in text and "…" in text
+    assert page.count(b"<li>") == 1
+
+
+def test_guard_hold_shows_polls_since_and_release() -> None:
+    held = _source("inv", "http://inv/", guard_held=0, guard_seen=1, guard_since=NOW - 60, guard_release=NOW + 240)
+    text = text_of(status.render(view((held,), snapshot=SNAP)))
+    assert "holding back a list of 0 targets" in text
+    assert "seen 1 of 3 polls" in text
+    assert "held since 2027-01-15 07:59:00 UTC (1 min ago)" in text
+    assert "releases no earlier than 2027-01-15 08:04:00 UTC (in 4 min)" in text
+    assert "drop guard holding back a change" in text  # the header says so too

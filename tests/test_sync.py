@@ -145,7 +145,7 @@ def test_invalid_entries_dropped_and_counted(tmp_path: Path) -> None:
 
 def test_empty_list_is_held_then_applied_after_confirmations(tmp_path: Path) -> None:
     async def t(env: Env) -> None:
-        s = env.settings(DROP_CONFIRMATIONS="3")
+        s = env.settings(DROP_CONFIRMATIONS="3", DROP_HOLD="0")
         metrics = Metrics(CollectorRegistry())
         async with Client(s) as client:
             d = Discoverer(s, client, metrics, LOG)
@@ -162,7 +162,7 @@ def test_empty_list_is_held_then_applied_after_confirmations(tmp_path: Path) -> 
 
 def test_held_drop_counts_not_modified_as_a_sighting(tmp_path: Path) -> None:
     async def t(env: Env) -> None:
-        s = env.settings(DROP_CONFIRMATIONS="2")
+        s = env.settings(DROP_CONFIRMATIONS="2", DROP_HOLD="0")
         metrics = Metrics(CollectorRegistry())
         async with Client(s) as client:
             d = Discoverer(s, client, metrics, LOG)
@@ -174,6 +174,49 @@ def test_held_drop_counts_not_modified_as_a_sighting(tmp_path: Path) -> None:
             # Same ETag now: the simulator answers 304, which confirms the held list.
             assert (await d.poll_all())[0].result == "success"
         assert env.file_targets() == ["sensor_1:9100"]
+
+    run(t, tmp_path)
+
+
+def test_slow_shrink_is_held_against_the_largest_list_in_the_window(tmp_path: Path) -> None:
+    """100 -> 60 -> 36 -> 22 -> 13: each step removes < MAX_DROP_RATIO of the list before it (issue 10 #11)."""
+    async def t(env: Env) -> None:
+        s = env.settings(DROP_HOLD="0")  # DROP_WINDOW and MAX_DROP_RATIO at their defaults (1 h, 0.5)
+        metrics = Metrics(CollectorRegistry())
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, LOG)
+            await d.poll_all()
+            results = []
+            for n in (60, 36, 22, 13):
+                await env.put("/admin/sensors", [f"sensor_{i}" for i in range(n)])
+                results.append((await d.poll_all())[0].result)
+            assert results == ["success", "held", "held", "held"]
+            assert sample(metrics, "sensor_sd_drop_guard_active", source="inv") == 1
+        assert len(env.file_targets()) == 60
+
+    run(t, tmp_path)
+
+
+def test_a_held_drop_waits_for_drop_hold_as_well_as_the_polls(tmp_path: Path) -> None:
+    """Polls every second would confirm in 2 s; DROP_HOLD keeps the list for 300 s of the Discoverer's clock."""
+    async def t(env: Env) -> None:
+        now = [1000.0]
+        s = env.settings(DROP_CONFIRMATIONS="2", DROP_HOLD="300")
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), LOG, clock=lambda: now[0])
+            await d.poll_all()
+            await env.put("/admin/sensors", [])
+            results = []
+            for at in (1000.0, 1001.0, 1299.0):
+                now[0] = at
+                results.append((await d.poll_all())[0].result)
+            assert results == ["held", "held", "held"]
+            [st] = d.status()
+            assert (st.guard_held, st.guard_seen, st.guard_since, st.guard_release) == (0, 3, 1000.0, 1300.0)
+            assert len(env.file_targets()) == 100
+            now[0] = 1300.0
+            assert (await d.poll_all())[0].result == "success"
+        assert env.file_targets() == []
 
     run(t, tmp_path)
 

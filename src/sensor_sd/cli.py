@@ -1,7 +1,10 @@
 """Command line: `sensor-sd run | once | check | inventory-server | fleet`.
 
 Exit codes: 0 done, 1 the inventory failed (or a drop was held back),
-2 bad configuration or bad usage.
+2 bad configuration or bad usage. `check` mirrors `once`: 1 when the drop
+guard would hold the change back. On a terminal, `once` and `check` end with
+one plain-language line saying what happened, what the targets file holds
+and what the exit code means (`--summary` forces it on or off).
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import prometheus_client
 
@@ -21,6 +26,7 @@ from sensor_sd.errors import ConfigError
 from sensor_sd.inventory import Client
 from sensor_sd.metrics import Metrics
 from sensor_sd.sync import Discoverer, PollResult
+from sensor_sd.targets import parse_file
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_GRACE_SECONDS = 1.5
@@ -43,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="fetch and validate, print the diff against the current file, write nothing")
     for p in (run, once, check):
         config.add_arguments(p)
+    for p in (once, check):
+        p.add_argument("--summary", choices=("auto", "always", "never"), default="auto",
+                       help="end with one plain-language line (auto: when stderr is a terminal)")
     from sensor_sd.sim import fleet, inventory  # the simulators' flags only
 
     inventory.add_arguments(sub.add_parser("inventory-server", help="inventory simulator (port 1337)"))
@@ -70,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_run(settings, logger))
+        summary = args.summary == "always" or (args.summary == "auto" and sys.stderr.isatty())
         if args.command == "once":
-            return asyncio.run(_once(settings, logger, force=args.force))
-        return asyncio.run(_check(settings, logger))
+            return asyncio.run(_once(settings, logger, force=args.force, summary=summary))
+        return asyncio.run(_check(settings, logger, summary=summary))
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -118,26 +128,37 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
     return EXIT_OK
 
 
-async def _once(settings: Settings, logger: logging.Logger, *, force: bool) -> int:
+async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summary: bool) -> int:
+    before = _file_state(settings.targets_file)
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, Metrics(), logger)
         discoverer.load_file()
+        current = _sizes(discoverer)
         results = await discoverer.poll_all(force=force)
-    return EXIT_FAILED if any(r.result in ("error", "held") for r in results) else EXIT_OK
+    code = EXIT_FAILED if any(r.result in ("error", "held") for r in results) else EXIT_OK
+    if summary:
+        print(_summary("once", results, settings, code, before, current), file=sys.stderr, flush=True)
+    return code
 
 
-async def _check(settings: Settings, logger: logging.Logger) -> int:
+async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -> int:
+    """Fetch, validate and ask the guard (a pure query): publishes nothing, logs no sync."""
+    before_file = _file_state(settings.targets_file)
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, Metrics(), logger)
         discoverer.load_file()
         before = {g.source: g.targets for g in (discoverer.snapshot.groups if discoverer.snapshot else ())}
-        results = await asyncio.gather(*(discoverer.poll(s.name, force=True) for s in settings.sources))
+        results = await asyncio.gather(*(discoverer.poll(s.name, dry_run=True) for s in settings.sources))
     for result in results:
-        _print_check(result, before.get(result.source, ()), discoverer)
-    return EXIT_FAILED if any(r.result == "error" for r in results) else EXIT_OK
+        _print_check(result, before.get(result.source, ()), settings)
+    code = EXIT_FAILED if any(r.result in ("error", "held") for r in results) else EXIT_OK
+    if summary:
+        current = {name: len(targets) for name, targets in before.items()}
+        print(_summary("check", results, settings, code, before_file, current), file=sys.stderr, flush=True)
+    return code
 
 
-def _print_check(result: PollResult, before: tuple[str, ...], discoverer: Discoverer) -> None:
+def _print_check(result: PollResult, before: tuple[str, ...], settings: Settings) -> None:
     if result.result == "error":
         print(f"{result.source}: inventory failed: {result.error}")
         return
@@ -147,8 +168,99 @@ def _print_check(result: PollResult, before: tuple[str, ...], discoverer: Discov
         print(f"+ {target}")
     for target in removed:
         print(f"- {target}")
-    ratio = discoverer.settings.max_drop_ratio
-    if before and len(removed) / len(before) > ratio:
+    if result.result == "held" and result.guard is not None:
         print(f"{result.source}: the drop guard would hold this change back "
-              f"({len(removed)} of {len(before)} removed > MAX_DROP_RATIO {ratio:g})")
+              f"({_guard_words(result, len(before), settings)}; MAX_DROP_RATIO {settings.max_drop_ratio:g})")
 
+
+# --- the summary line ---------------------------------------------------------------------
+
+
+_FileState = tuple[int, int, int] | None  # (inode, mtime ns, size) of the targets file; None when absent
+
+
+def _sizes(discoverer: Discoverer) -> dict[str, int]:
+    return {g.source: len(g.targets) for g in (discoverer.snapshot.groups if discoverer.snapshot else ())}
+
+
+def _file_state(path: Path | None) -> _FileState:
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else None
+
+
+def _file_count(path: Path) -> int | None:
+    """Targets in the file as it is now; None when it cannot be read back."""
+    try:
+        return sum(len(g.targets) for g in parse_file(path.read_bytes()))
+    except (OSError, ValueError):
+        return None
+
+
+def _guard_words(result: PollResult, current: int, settings: Settings) -> str:
+    """The guard's reason in words. A one-shot process has no window history: the current list is the yardstick."""
+    d = result.guard
+    assert d is not None
+    words = f"would remove {d.removed} of {current} targets"
+    words += f", seen {d.seen} of {settings.drop_confirmations} polls"
+    if d.seen >= settings.drop_confirmations and settings.drop_hold > 0:
+        words += f", needs {settings.drop_hold:g} s (DROP_HOLD)"
+    return words
+
+
+_FAILURE = {"unreachable": "inventory unreachable", "timeout": "inventory timed out",
+            "http_status": "inventory answered with an error", "too_large": "inventory answer too large",
+            "decode": "inventory answer unusable"}
+
+
+def _outcome(command: str, r: PollResult, current: int, settings: Settings) -> str:
+    if r.result == "error":
+        detail = r.error or ""
+        if r.reason and detail.startswith(f"{r.reason}: "):
+            detail = detail[len(r.reason) + 2:]
+        return f"{_FAILURE.get(r.reason or '', 'inventory failed')} ({detail})"
+    if r.result == "held":
+        verb = "would be held back" if command == "check" else "held back"
+        why = f" ({_guard_words(r, current, settings)})" if r.guard is not None else ""
+        return f"change {verb} by the drop guard{why}"
+    if r.result == "unchanged":
+        return "inventory unchanged"
+    return f"{'would apply' if command == 'check' else 'applied'} +{len(r.added)} -{len(r.removed)} targets"
+
+
+def _file_words(command: str, settings: Settings, before: _FileState, results: list[PollResult]) -> str:
+    path = settings.targets_file
+    if path is None:
+        return "no targets file (TARGETS_FILE is empty)"
+    after = _file_state(path)
+    if after is None:
+        if command == "check":
+            return "nothing written, no targets file yet"
+        if any(r.result in ("success", "unchanged") for r in results):
+            return "targets file not written (see the error above)"
+        return "no targets file (nothing known yet, nothing written)"
+    total = _file_count(path)
+    if total is None:
+        return "targets file unreadable"
+    if command == "check":
+        return f"nothing written, targets file holds {total} targets"
+    return f"targets file {'unchanged' if after == before else 'written'} ({total} targets)"
+
+
+def _summary(command: str, results: list[PollResult], settings: Settings, code: int, before: _FileState,
+             current: dict[str, int]) -> str:
+    """One line for a human at a terminal: what happened, what the file holds, what the exit code means."""
+    several = len(results) > 1
+    outcomes = ", ".join((f"{r.source}: " if several else "")
+                         + _outcome(command, r, current.get(r.source, 0), settings) for r in results)
+    if code == EXIT_OK:
+        meaning = "success"
+    else:
+        held = "a change would be held back" if command == "check" else "a change was held back (--force applies it)"
+        failed = any(r.result == "error" for r in results)
+        meaning = " and ".join(w for w, on in (("the inventory failed", failed),
+                                               (held, any(r.result == "held" for r in results))) if on)
+    return (f"sensor-sd {command}: {outcomes}; {_file_words(command, settings, before, results)}; "
+            f"exit {code}: {meaning}")

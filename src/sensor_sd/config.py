@@ -57,6 +57,8 @@ class Settings:
     max_response_bytes: int = 64 * 1024 * 1024
     max_drop_ratio: float = 0.5
     drop_confirmations: int = 3
+    drop_window: float = 3600.0
+    drop_hold: float = 300.0
     inventory_token_file: Path | None = None
     inventory_ca_file: Path | None = None
     web_config_file: Path | None = None
@@ -265,6 +267,10 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("MAX_RESPONSE_BYTES", "max_response_bytes", _int(1, 2**40), "largest inventory body accepted"),
     _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1, open_min=False), "share of targets a poll may remove at once"),
     _Option("DROP_CONFIRMATIONS", "drop_confirmations", _int(1, 1000), "polls in a row that confirm a held drop"),
+    _Option("DROP_WINDOW", "drop_window", _float(0, 604800, open_min=False),
+            "seconds a published list stays the yardstick for drops; 0: the current list only"),
+    _Option("DROP_HOLD", "drop_hold", _float(0, 604800, open_min=False),
+            "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
     _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(), "bearer token file"),
     _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(_check_ca), "CA bundle for the inventory"),
     _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(_check_web_config), "exporter-toolkit web config"),
@@ -284,6 +290,8 @@ DEFAULTS: Mapping[str, str] = {
     "MAX_RESPONSE_BYTES": "67108864",
     "MAX_DROP_RATIO": "0.5",
     "DROP_CONFIRMATIONS": "3",
+    "DROP_WINDOW": "3600",
+    "DROP_HOLD": "300",
     "INVENTORY_TOKEN_FILE": "",
     "INVENTORY_CA_FILE": "",
     "WEB_CONFIG_FILE": "",

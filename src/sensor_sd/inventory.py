@@ -7,6 +7,8 @@ MAX_RESPONSE_BYTES, so a 600 MB answer costs at most the cap in memory.
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +125,36 @@ class Client:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "connection timed out",
+                errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
+                errno.ECONNRESET: "connection reset"}
+
+
 def _describe(exc: BaseException) -> str:
+    """Plain words for a failed request (what and where), without the client library's jargon.
+
+    The line reaches logs, the status page and the terminal summary of `once`/`check`.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        host = f"[{exc.host}]" if ":" in exc.host else exc.host
+        where = f"{host}:{exc.port}"
+        os_error = exc.os_error
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+            return f"TLS certificate not accepted: {where} ({reason})"[:300]
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"TLS handshake failed: {where} ({getattr(os_error, 'reason', None) or os_error})"[:300]
+        if isinstance(os_error, socket.gaierror):
+            return f"cannot resolve host name: {exc.host} ({os_error.strerror})"[:300]
+        words = _ERRNO_WORDS.get(os_error.errno or 0)
+        return (f"{words}: {where}" if words else f"cannot connect: {where} ({os_error.strerror or os_error})")[:300]
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the inventory closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the answer broke off: {exc}"[:300]
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"malformed HTTP answer: {exc.message}"[:300]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:300]
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"[:300]

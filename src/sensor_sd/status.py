@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sensor_sd.config import redact_url
-from sensor_sd.sync import Change, SourceStatus
+from sensor_sd.sync import CHANGE_NAMES, Change, SourceStatus
 from sensor_sd.targets import Snapshot
 
 MAX_TEXT = 300  # longer error messages are cut on the page (the log has them whole)
@@ -35,7 +35,7 @@ dd{margin:0;overflow-wrap:anywhere;min-width:0}code{font-size:.9em;overflow-wrap
 .badge{display:inline-block;border-radius:1rem;padding:0 .6rem;font-size:.85rem;color:#fff;vertical-align:middle}
 .success,.unchanged{background:var(--ok)}.error{background:var(--bad)}.held,.none{background:var(--warn)}
 ol{list-style:none;padding:0;margin:0}li{padding:.2rem 0;border-bottom:1px solid #8882;overflow-wrap:anywhere}
-.add{color:var(--ok)}.remove{color:var(--bad)}
+.add{color:var(--ok)}.remove{color:var(--bad)}.degraded{color:var(--bad)}.holding{color:var(--warn)}
 @media (max-width:30rem){dl{grid-template-columns:1fr}dt{margin-top:.4rem}}
 """
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
@@ -71,28 +71,43 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
 
-def _ago(seconds: float) -> str:
-    if seconds < 0:
-        return "in the future (clock skew?)"
+def _span(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
-def _time(ts: float | None, now: float) -> str:
+def _ago(seconds: float) -> str:
+    return "in the future (clock skew?)" if seconds < 0 else f"{_span(seconds)} ago"
+
+
+def _time(ts: float | None, now: float, *, future: bool = False) -> str:
+    """A UTC time and how long ago it was (or, for a `future` deadline, how long until it)."""
     if ts is None:
         return '<span class="mute">never</span>'
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
     shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-    return f'<time datetime="{e(iso)}">{e(shown)}</time> <span class="mute">({e(_ago(now - ts))})</span>'
+    rel = (f"in {_span(ts - now)}" if ts > now else "reached") if future else _ago(now - ts)
+    return f'<time datetime="{e(iso)}">{e(shown)}</time> <span class="mute">({e(rel)})</span>'
 
 
-def _guard(s: SourceStatus, confirmations: int) -> str:
+def _guard(s: SourceStatus, confirmations: int, now: float) -> str:
     if s.guard_held is None:
         return "idle"
-    return (f"holding back a list of {s.guard_held} targets until it is seen "
-            f"{confirmations} times in a row (seen {s.guard_seen})")
+    return (f'<span class="holding">holding back a list of {e(s.guard_held)} targets</span> · '
+            f"seen {e(s.guard_seen)} of {e(confirmations)} polls · held since {_time(s.guard_since, now)} · "
+            f"releases no earlier than {_time(s.guard_release, now, future=True)}, "
+            "if the same list keeps coming")
+
+
+def _serving(s: SourceStatus, now: float) -> str:
+    """What a failing source still serves, and since when it has not been refreshed."""
+    if s.targets is None:
+        return f"{e(s.name)}: no targets known yet"
+    if s.last_success is None:
+        return f"{e(s.name)}: serving the targets file loaded at start (no successful poll yet)"
+    return f"{e(s.name)}: serving last known good since {_time(s.last_success, now)}"
 
 
 def _source(s: SourceStatus, view: View) -> str:
@@ -107,17 +122,28 @@ def _source(s: SourceStatus, view: View) -> str:
         f'<dt>Last poll</dt><dd class="last-poll">{_time(s.last_poll, view.now)}</dd>'
         f"<dt>Last success</dt><dd>{_time(s.last_success, view.now)}</dd>"
         f"<dt>Last error</dt><dd>{error}</dd>"
-        f"<dt>Drop guard</dt><dd>{e(_guard(s, view.confirmations))}</dd>"
+        f'<dt>Drop guard</dt><dd class="guard">{_guard(s, view.confirmations, view.now)}</dd>'
         "</dl></section>"
     )
 
 
+def _change(c: Change) -> str:
+    """One line per applied list: the counts, then the names when few (a first sync: the count only)."""
+    if c.first:
+        return f'<span class="add">+{e(c.added)} target{"s" if c.added != 1 else ""} (first sync)</span>'
+    counts = " ".join(([f"+{c.added}"] if c.added else []) + ([f"−{c.removed}"] if c.removed else []))
+    line = f'<strong>{e(counts)} target{"s" if c.added + c.removed != 1 else ""}</strong>'
+    names = [f'<span class="add">+ {e(t)}</span>' for t in c.added_names]
+    names += [f'<span class="remove">− {e(t)}</span>' for t in c.removed_names]
+    more = c.added + c.removed > CHANGE_NAMES or len(names) < c.added + c.removed
+    return line + (": " + ", ".join(names) + (" …" if more else "") if names else "")
+
+
 def _changes(changes: Iterable[Change], now: float) -> str:
-    items = [
-        f'<li><span class="{e(c.action)}">{"+" if c.action == "add" else "−"} {e(c.target)}</span> '
-        f'<span class="mute">{e(c.source)} · {_time(c.time, now)}</span></li>'
-        for c in reversed(tuple(changes))
-    ]
+    # Newest first by time; among equal times the later recorded first (sorted() is stable).
+    ordered = sorted(reversed(tuple(changes)), key=lambda c: c.time, reverse=True)
+    items = [f'<li>{_change(c)} <span class="mute">{e(c.source)} · {_time(c.time, now)}</span></li>'
+             for c in ordered]
     if not items:
         return '<p class="mute">No targets added or removed since sensor-sd started.</p>'
     return "<ol>" + "".join(items) + "</ol>"
@@ -126,8 +152,18 @@ def _changes(changes: Iterable[Change], now: float) -> str:
 def render(view: View) -> bytes:
     snap = view.snapshot
     count = snap.count if snap is not None else 0
-    ready = ("ready" if snap is not None else
-             "<strong>not ready</strong>: no good inventory snapshot yet, /targets answers 503")
+    failing = [s for s in view.sources if s.last_result == "error"]
+    n = len(view.sources)
+    if snap is None:
+        ready = "<strong>not ready</strong>: no good inventory snapshot yet, /targets answers 503"
+    elif failing:
+        ready = (f'<strong class="degraded">degraded</strong>: {len(failing)} of {n} source{"s" if n != 1 else ""} '
+                 "failing, serving last known good")
+    else:
+        ready = "ready"
+    if any(s.guard_held is not None for s in view.sources):
+        ready += ' · <span class="holding">drop guard holding back a change</span>'
+    serving = "".join(f'<p class="degraded">{_serving(s, view.now)}</p>' for s in failing) if snap else ""
     polls = [s.last_poll for s in view.sources if s.last_poll is not None]
     last_poll = max(polls) if polls else None
     body = (
@@ -140,7 +176,7 @@ def render(view: View) -> bytes:
         f"<style>{_STYLE}</style></head><body>"
         f'<header><h1>sensor-sd <span class="mute">{e(view.version)}</span></h1>'
         f'<p><span class="big" id="target-count">{count}</span> targets from {len(view.sources)} '
-        f'source{"s" if len(view.sources) != 1 else ""} · {ready}</p>'
+        f'source{"s" if len(view.sources) != 1 else ""} · {ready}</p>{serving}'
         f'<p>Last poll: <span id="last-poll">{_time(last_poll, view.now)}</span> · '
         f"every {e(f'{view.update_interval:g}')} s</p></header>"
         '<nav><a href="./targets">/targets</a><a href="./metrics">/metrics</a>'

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sensor_sd.config import Settings, Source
 from sensor_sd.errors import InventoryError, PublishError
-from sensor_sd.guard import DropGuard
+from sensor_sd.guard import Decision, DropGuard
 from sensor_sd.inventory import Client, Validators, parse_body
 from sensor_sd.log import event
 from sensor_sd.metrics import Metrics
@@ -34,6 +34,7 @@ from sensor_sd.targets import (
 )
 
 RECENT_CHANGES = 20
+CHANGE_NAMES = 5  # names kept per change for the status page; the counts are exact
 _LOG_NAMES = 10
 
 
@@ -49,6 +50,7 @@ class PollResult:
     duration: float = 0.0
     error: str | None = None
     reason: str | None = None
+    guard: Decision | None = None  # the drop guard's decision when the list was a large drop
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"source": self.source, "result": self.result, "targets": self.targets,
@@ -60,10 +62,15 @@ class PollResult:
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One applied list of one source: exact counts, the first few names (bounded memory)."""
+
     time: float
     source: str
-    action: str  # "add" | "remove"
-    target: str
+    added: int
+    removed: int
+    added_names: tuple[str, ...] = ()
+    removed_names: tuple[str, ...] = ()
+    first: bool = False  # the source's first list (nothing was known before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,8 @@ class SourceStatus:
     last_error: str | None
     guard_held: int | None  # size of the held list, None when the guard is idle
     guard_seen: int
+    guard_since: float | None = None  # first sighting of the held list
+    guard_release: float | None = None  # earliest time it may be applied (since + DROP_HOLD)
 
 
 class _SourceState:
@@ -152,7 +161,8 @@ class Discoverer:
         self._log = logger
         self._clock = clock
         self._file = FilePublisher(settings.targets_file) if settings.targets_file else None
-        self._states = {s.name: _SourceState(s, DropGuard(settings.max_drop_ratio, settings.drop_confirmations))
+        self._states = {s.name: _SourceState(s, DropGuard(settings.max_drop_ratio, settings.drop_confirmations,
+                                                          window=settings.drop_window, hold=settings.drop_hold))
                         for s in settings.sources}
         self._labels = {s.name: group_labels(s.name, settings.metrics_path, settings.target_labels)
                         for s in settings.sources}
@@ -175,7 +185,8 @@ class Discoverer:
         return tuple(
             SourceStatus(st.source.name, st.source.display_url, len(st.group.targets) if st.group else None,
                          st.last_poll, st.last_result, st.last_success, st.last_error,
-                         len(st.guard.pending) if st.guard.pending is not None else None, st.guard.seen)
+                         len(st.guard.pending) if st.guard.pending is not None else None, st.guard.seen,
+                         st.guard.since, st.guard.release)
             for st in self._states.values()
         )
 
@@ -211,13 +222,16 @@ class Discoverer:
 
     # --- polling ---------------------------------------------------------
 
-    async def poll(self, name: str, *, force: bool = False) -> PollResult:
-        """Poll one source and update its last-known-good group (no publishing)."""
+    async def poll(self, name: str, *, force: bool = False, dry_run: bool = False) -> PollResult:
+        """Poll one source and update its last-known-good group (no publishing).
+
+        `dry_run` (for `sensor-sd check`): fetch, validate and ask the guard, change nothing.
+        """
         st = self._states[name]
         async with st.lock:
-            return await self._poll_locked(st, force)
+            return await self._poll_locked(st, force, dry_run)
 
-    async def _poll_locked(self, st: _SourceState, force: bool) -> PollResult:
+    async def _poll_locked(self, st: _SourceState, force: bool, dry_run: bool = False) -> PollResult:
         name = st.source.name
         m = self._metrics
         started = time.perf_counter()
@@ -261,16 +275,24 @@ class Discoverer:
         if changes is None:  # a 304 while a drop is held
             changes = await asyncio.to_thread(diff, current or (), new)
         added, removed = changes
-        decision = st.guard.check(current, new, len(removed)) if not force else None
+        now = self._clock()
+        if dry_run:  # the guard's answer for this list, its state untouched
+            decision = st.guard.decide(current, new, len(removed), now)
+            result = ("held" if not decision.apply else
+                      "unchanged" if st.group is not None and not added and not removed else "success")
+            return PollResult(name, result, len(new), added, removed, duration,
+                              guard=decision if decision.drop else None)
+        decision = st.guard.check(current, new, len(removed), now) if not force else None
         if decision is not None and not decision.apply:
             m.guard_active.labels(source=name).set(1)
             event(self._log, logging.WARNING, "large drop held back by the drop guard", source=name,
                   result="held", current=len(current or ()), new=len(new), removed=len(removed),
-                  seen=decision.seen, confirmations=self.settings.drop_confirmations,
-                  removed_names=list(removed[:_LOG_NAMES]))
-            return self._finish(st, "held", (), (), duration)
+                  largest_in_window=decision.baseline, seen=decision.seen,
+                  confirmations=self.settings.drop_confirmations, held_since=decision.since,
+                  release_not_before=decision.release, removed_names=list(removed[:_LOG_NAMES]))
+            return self._finish(st, "held", (), (), duration, decision)
         if force:
-            st.guard.reset()
+            st.guard.accept()
         m.guard_active.labels(source=name).set(0)
         if st.group is not None and not added and not removed:
             return self._finish(st, "unchanged", (), (), duration)
@@ -278,10 +300,9 @@ class Discoverer:
         m.targets.labels(source=name).set(len(new))
         m.added.inc(len(added))
         m.removed.inc(len(removed))
-        now = self._clock()
-        self.changes.extend(Change(now, name, "add", t) for t in added[-RECENT_CHANGES:])
-        self.changes.extend(Change(now, name, "remove", t) for t in removed[-RECENT_CHANGES:])
-        return self._finish(st, "success", added, removed, duration)
+        self.changes.append(Change(now, name, len(added), len(removed), added[:CHANGE_NAMES], removed[:CHANGE_NAMES],
+                                   first=current is None))
+        return self._finish(st, "success", added, removed, duration, decision if decision and decision.drop else None)
 
     def _validate_and_diff(self, box: list[bytes], current: tuple[str, ...] | None
                            ) -> tuple[Validated, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -300,13 +321,15 @@ class Discoverer:
         self._metrics.errors.labels(source=name, reason=exc.reason).inc()
         self._metrics.inventory_up.labels(source=name).set(0)
         kept = len(st.group.targets) if st.group else 0
-        event(self._log, logging.WARNING, "inventory poll failed, keeping last known good targets",
-              source=name, url=st.source.display_url, result="error", reason=exc.reason, error=str(exc),
-              kept=kept, failures=st.failures, duration=round(duration, 4))
+        known = {"kept": kept} if st.group is not None else {}  # never claim to keep what never existed
+        event(self._log, logging.WARNING, "inventory poll failed, keeping last known good targets" if known else
+              "inventory poll failed, no targets known yet", source=name, url=st.source.display_url,
+              result="error", reason=exc.reason, error=str(exc), **known, failures=st.failures,
+              duration=round(duration, 4))
         return PollResult(name, "error", kept, duration=duration, error=st.last_error, reason=exc.reason)
 
     def _finish(self, st: _SourceState, result: str, added: tuple[str, ...], removed: tuple[str, ...],
-                duration: float) -> PollResult:
+                duration: float, guard: Decision | None = None) -> PollResult:
         name = st.source.name
         st.last_result = result
         self._metrics.syncs.labels(source=name, result=result).inc()
@@ -319,7 +342,7 @@ class Discoverer:
                           removed_names=list(removed[:_LOG_NAMES]))
         if result != "held":
             event(self._log, level, "inventory synced", **fields)
-        return PollResult(name, result, count, added, removed, duration)
+        return PollResult(name, result, count, added, removed, duration, guard=guard)
 
     # --- publishing ------------------------------------------------------
 

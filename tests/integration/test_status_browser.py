@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+from sensor_sd.sim.stack import Stack, admin_call, http_get, wait_until
 
 # `make screenshot` sets this to docs/ to refresh the README's picture; tests alone leave docs/ untouched.
 SCREENSHOT_DIR = os.environ.get("SENSOR_SD_SCREENSHOT_DIR")
@@ -58,3 +61,50 @@ def test_status_page_in_chromium(http_sd_env, tmp_path: Path) -> None:  # type: 
             browser.close()
     assert problems == []
     assert requests.get(env.sd("/favicon.ico"), timeout=5).status_code == 204
+
+
+def test_degraded_and_held_states_in_chromium(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """An emptied inventory held by the guard, then an outage: the page says so, on a phone, without scripts."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium
+    stack = make_stack(sensors=100, update_interval=0.5, sd_env={"DROP_HOLD": "600", "REQUEST_TIMEOUT": "1"})
+    stack.start(("inventory", "sd"))
+    page_text = lambda: http_get(stack.url("sd", "/"))[1].decode()  # noqa: E731
+    wait_until(lambda: "first sync" in page_text(), 30, "the first sync on the status page", 0.2)
+    admin_call(stack.url("inventory", "/admin/sensors"), "PUT", [])
+    wait_until(lambda: "holding back a list of 0 targets" in page_text(), 30, "the guard holding the empty list", 0.2)
+    admin_call(stack.url("inventory", "/admin/fault"), "PUT", {"mode": "status", "code": 503})
+    wait_until(lambda: "degraded" in page_text(), 30, "the degraded header", 0.2)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=_browser_args())
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+                    if msg.type in ("error", "warning") else None)
+            page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+            response = page.goto(stack.url("sd", "/"), wait_until="load")
+            assert response is not None and response.status == 200
+            header = " ".join((page.text_content("header") or "").split())
+            assert "degraded: 1 of 1 source failing, serving last known good" in header, header
+            assert "drop guard holding back a change" in header
+            assert "inventory: serving last known good since" in header and "UTC" in header
+            assert "ready" not in header.replace("not ready", "")
+            guard = " ".join((page.text_content("section.source dd.guard") or "").split())
+            assert "holding back a list of 0 targets" in guard and "of 3 polls" in guard, guard
+            assert "held since" in guard and "releases no earlier than" in guard and "(in 1" in guard, guard
+            assert page.text_content("#target-count") == "100"  # the hold and the outage lose nothing
+            changes = page.locator("ol li")
+            assert changes.count() == 1
+            assert "+100 targets (first sync)" in (changes.first.text_content() or "")
+            assert page.locator("section.source .badge").first.text_content() == "error"
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"page is {width}px wide on a 390px phone"
+            shot = Path(SCREENSHOT_DIR or tmp_path) / "status-page-degraded.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert problems == []

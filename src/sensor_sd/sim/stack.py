@@ -201,6 +201,9 @@ def sensor_sd_argv(*args: str) -> list[str]:
 
 
 PARTS = ("inventory", "fleet", "sd", "alertmanager", "prometheus")
+# sensor-sd's settings in `make run`: with 2 s polls, DROP_CONFIRMATIONS alone would release an emptied
+# inventory after ~6 s; a one-minute DROP_HOLD keeps the hold on screen long enough to look at it.
+DEMO_DROP_HOLD = "60"
 
 
 @dataclass(frozen=True)
@@ -617,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     fast = (rules_with_for(workdir / "rules" / f"for-{args.alert_for}.rules.yml", args.alert_for),) if args.alert_for else ()
     cfg = StackConfig(workdir, ports, sensors=args.sensors, update_interval=args.update_interval,
                       scrape_interval=interval, evaluation_interval=interval, extra_rule_files=fast,
-                      shipped_rules=not fast, inventory_args=inventory_args, http_sd=args.http_sd)
+                      shipped_rules=not fast, inventory_args=inventory_args, http_sd=args.http_sd,
+                      sd_env={"DROP_HOLD": DEMO_DROP_HOLD})
     stack = Stack(cfg)
     run = _Run()
     previous = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
