@@ -45,7 +45,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -284,6 +284,16 @@ def store_sensor_prefix(store: str) -> str:
 def store_names(count: int) -> list[str]:
     """The stores `--stores N` serves: store0 .. store{N-1}."""
     return [f"store{i}" for i in range(count)]
+
+
+def sources_env(base_url: str, stores: Iterable[str]) -> dict[str, str]:
+    """The sensor-sd environment that polls these stores of a simulator at `base_url`: one source per store.
+
+    Today `INVENTORY_URL=name=url,...` (label `source=<store>`); the one place
+    tests and benchmarks build their sources configuration, so moving them to a
+    sources file is a change here only.
+    """
+    return {"INVENTORY_URL": ",".join(f"{name}={base_url}/stores/{name}/inventory" for name in stores)}
 
 
 STATE = web.AppKey("inventory_state", InventoryState)
