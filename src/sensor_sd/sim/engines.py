@@ -26,6 +26,7 @@ from sensor_sd.sim.stack import (
 
 VMAGENT_CONFIG = DEPLOY / "vmagent" / "scrape.yml"
 VM_RELABEL = DEPLOY / "victoria-metrics" / "relabel.yml"
+VMALERT_NOTIFIER = DEPLOY / "vmalert" / "notifier.yml"
 AGENT_SHARDED = DEPLOY / "prometheus" / "agent-sharded"
 AGENT_HA = DEPLOY / "prometheus" / "agent-ha"
 RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
@@ -154,10 +155,18 @@ def start_alertmanager(p: Procs, name: str = "alertmanager") -> int:
 
 def start_vmalert(p: Procs, rules: Sequence[Path], vm_port: int, am_port: int, *, name: str = "vmalert",
                   interval: str = "1s") -> int:
-    """vmalert evaluating `rules` against victoria-metrics, notifying Alertmanager, writing its results back."""
+    """vmalert evaluating `rules` against victoria-metrics, writing its results back, notifying Alertmanager
+    through the shipped deploy/vmalert/notifier.yml (pointed at `am_port`)."""
+    import yaml
+
+    notifier = load_yaml(VMALERT_NOTIFIER)
+    for sc in notifier["static_configs"]:
+        sc["targets"] = [f"{LOOPBACK}:{am_port}" if t == "alertmanager:9093" else t for t in sc["targets"]]
+    notifier_file = p.workdir / f"{name}-notifier.yml"
+    notifier_file.write_text(yaml.safe_dump(notifier, sort_keys=False))
     port = free_port()
     p.start(name, [binary("vmalert"), *(f"-rule={r}" for r in rules), f"-datasource.url={url(vm_port)}",
-                   f"-notifier.url={url(am_port)}", f"-remoteWrite.url={url(vm_port)}",
+                   f"-notifier.config={notifier_file}", f"-remoteWrite.url={url(vm_port)}",
                    f"-evaluationInterval={interval}", f"-httpListenAddr={LOOPBACK}:{port}", "-loggerLevel=WARN"],
             url(port, "/health"))
     return port
