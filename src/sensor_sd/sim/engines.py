@@ -138,6 +138,18 @@ def start_prometheus_agent(p: Procs, config: Mapping[str, Any], *, name: str) ->
     return port
 
 
+def start_prometheus(p: Procs, config: Mapping[str, Any], *, name: str = "prometheus") -> int:
+    """A Prometheus server (local TSDB) with `config`."""
+    import yaml
+
+    port = free_port()
+    path = p.workdir / f"{name}.yml"
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    p.start(name, [binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={p.workdir / name}",
+                   f"--web.listen-address={LOOPBACK}:{port}", "--log.level=warn"], url(port, "/-/ready"))
+    return port
+
+
 def start_alertmanager(p: Procs, name: str = "alertmanager") -> int:
     """Alertmanager with the shipped routing (receivers without delivery, as in the local stack)."""
     import yaml
@@ -180,11 +192,12 @@ def _loopback_hosts(sd_port: int, inventory_port: int) -> dict[str, str]:
 
 
 def for_loopback(doc: dict[str, Any], *, sd_port: int, inventory_port: int, fleet_port: int, interval: str,
-                 vm_port: int | None = None) -> dict[str, Any]:
+                 vm_port: int | None = None, timeout: str | None = None) -> dict[str, Any]:
     """A shipped scrape config (vmagent or Prometheus agent) pointed at loopback ports.
 
     Static targets and http_sd URLs keep their path and query (`?shard=I&shards=N`);
-    the sensors are scraped through the fleet's proxy every `interval`.
+    the sensors are scraped through the fleet's proxy every `interval` (timeout:
+    `timeout`, default the interval).
     """
     hosts = _loopback_hosts(sd_port, inventory_port)
     doc["global"]["scrape_interval"] = interval
@@ -197,7 +210,8 @@ def for_loopback(doc: dict[str, Any], *, sd_port: int, inventory_port: int, flee
             if "refresh_interval" in sd:
                 sd["refresh_interval"] = "1s"
         if job["job_name"] == SENSOR_JOB:
-            job["scrape_interval"] = job["scrape_timeout"] = interval
+            job["scrape_interval"] = interval
+            job["scrape_timeout"] = timeout or interval
             job["proxy_url"] = url(fleet_port)
     for rw in doc.get("remote_write", []):
         assert vm_port is not None, "a remote_write config needs vm_port"
@@ -288,7 +302,9 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample of `name` in a text exposition."""
     import re
 
-    sample = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)')
+    # Label values may hold braces (`path="/stores/{store}/inventory"`): quoted strings are skipped whole.
+    sample = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})? '
+                        r'(?P<value>\S+)')
     label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
     out = []
     for line in text.splitlines():
