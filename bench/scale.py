@@ -44,6 +44,7 @@ DOC = REPO / "docs" / "scaling.md"
 BEGIN, END = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"
 PER_STORE = 100
 CPU_GOAL_PCT, RSS_GOAL_MIB = 1.0, 80.0
+SD_REFRESH = "5s"
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def sd_table(rows: list[dict[str, Any]], plan: Plan) -> Table:
         "`once`: the whole `sensor-sd once` process (interpreter start and imports, about 0.3 s, included) polling "
         "every store concurrently and publishing once; peak RSS from GNU time. `start → all`: spawn of `sensor-sd run` "
         "until /targets holds every target.",
-        "`file writes in the first sync`: every source's first good poll publishes (a new snapshot is rendered, "
-        "hashed and written); the more sources, the more of those renders of a growing body.",
+        "`file writes in the first sync`: the daemon publishes after every source's poll, but the file is written "
+        "only when its bytes change and concurrent first polls coalesce: a handful of writes, not one per store.",
         f"CPU: utime+stime of the sensor-sd process (/proc/PID/stat, 10 ms ticks) over a window of "
         f"{plan.cpu_window:g} s that starts once every store has answered 304; the inventory simulator runs in its own "
         "process and is not counted.",
@@ -168,14 +169,19 @@ def measure_scraper(kind: str, sensors: int, plan: Plan, workdir: Path) -> dict[
         wait_until(lambda: len(all_targets(sd)) == stores * per_store, 120, "every sensor on /targets", 0.1)
         ports = {"sd_port": sd, "inventory_port": inv, "fleet_port": fleet, "interval": interval,
                  "timeout": _timeout(plan.scrape_interval)}
+        # Both re-read /targets every SD_REFRESH, as the shipped Prometheus configs and compose.scale.yaml do.
         if kind == "prometheus":
-            query_port = scraper = start_prometheus(procs, for_loopback(load_yaml(VMAGENT_CONFIG), **ports))
+            config = for_loopback(load_yaml(VMAGENT_CONFIG), **ports)
+            for job in config["scrape_configs"]:
+                for sd_config in job.get("http_sd_configs", []):
+                    sd_config["refresh_interval"] = SD_REFRESH
+            query_port = start_prometheus(procs, config)
             selector = 'job="sensors-http"'
         else:
             query_port = start_victoria_metrics(procs)
             ports["vm_port"] = query_port
-            scraper = start_vmagent(procs, for_loopback(load_yaml(VMAGENT_CONFIG), **ports), query_port,
-                                    name="vmagent", flags=["-remoteWrite.label=bench=scraper"])
+            start_vmagent(procs, for_loopback(load_yaml(VMAGENT_CONFIG), **ports), query_port, name="vmagent",
+                          flags=["-remoteWrite.label=bench=scraper"], sd_check=SD_REFRESH)
             selector = 'job="sensors-http", bench="scraper"'
         scraper_pid = procs.started[-1].popen.pid
         fleet_pid = next(p.popen.pid for p in procs.started if p.name == "fleet")
@@ -215,9 +221,13 @@ def scraper_table(rows: list[dict[str, Any]], plan: Plan) -> Table:
               f"{r['avg_ms']:.1f} / {r['p99_ms']:.0f}" if r["avg_ms"] is not None else None,
               f"{r['up']:.3f}" if r["up"] is not None else None, f"{r['fleet_cpu_pct']:.0f}%")
     t.notes += [
-        "Each scraper runs alone on the fleet with the shipped deploy/vmagent/scrape.yml jobs (http_sd from sensor-sd, "
-        "the shipped 10 s scrape timeout), every sensor scraped through one fleet simulator process (a Python HTTP "
-        "proxy answering for every sensor). `MiB per 1k sensors`: the RSS slope from the smallest size.",
+        "Each scraper runs alone on the fleet with the shipped deploy/vmagent/scrape.yml jobs (http_sd from sensor-sd "
+        f"re-read every {SD_REFRESH}, the shipped 10 s scrape timeout), every sensor scraped through one fleet "
+        "simulator process (a Python HTTP proxy answering for every sensor). `MiB per 1k sensors`: the RSS slope "
+        "from the smallest size.",
+        "Memory is read after one warm-up round and the window, i.e. after a few minutes of scraping. vmagent keeps "
+        "no local storage and is near its steady state by then; a Prometheus server's head block keeps growing "
+        "until its first compaction (2 h), so its figures are a lower bound.",
         "Scrape durations come from each scraper's own `scrape_duration_seconds` series (queried on Prometheus, and on "
         "victoria-metrics for vmagent) over the window; they include the fleet simulator's answer time, so when its "
         "CPU nears 100% of a core the durations measure the simulator, not the scraper.",
@@ -238,9 +248,10 @@ def rule_of_thumb(rows: list[dict[str, Any]]) -> list[str]:
         slope = (hi["rss"] - lo["rss"]) / ((hi["sensors"] - lo["sensors"]) / 1000)
         base = lo["rss"] - slope * lo["sensors"] / 1000
         cap = max(0.0, (2048 - base) / slope * 1000) if slope > 0 else math.inf
-        out.append(f"{kind}: about {base:.0f} MiB plus {slope:.1f} MiB per 1,000 sensors here, so a 2 GiB memory "
-                   f"budget holds roughly {cap:,.0f} sensors (linear extrapolation from {lo['sensors']:,} to "
-                   f"{hi['sensors']:,} sensors)")
+        caveat = " (a lower bound for a Prometheus server: its head grows for hours)" if kind == "prometheus" else ""
+        out.append(f"{kind}: about {base:.0f} MiB plus {slope:.1f} MiB per 1,000 sensors here{caveat}, so a 2 GiB "
+                   f"memory budget holds at most about {cap:,.0f} sensors (linear extrapolation from "
+                   f"{lo['sensors']:,} to {hi['sensors']:,} sensors)")
     return out
 
 

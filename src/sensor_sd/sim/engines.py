@@ -107,14 +107,15 @@ def start_victoria_metrics(p: Procs, *flags: str, name: str = "victoria-metrics"
     return port
 
 
-def start_vmagent(p: Procs, config: Mapping[str, Any], vm_port: int, *, name: str, flags: Sequence[str] = ()) -> int:
-    """vmagent with `config` (see `vmagent_config`), re-reading http_sd every second, writing to victoria-metrics."""
+def start_vmagent(p: Procs, config: Mapping[str, Any], vm_port: int, *, name: str, flags: Sequence[str] = (),
+                  sd_check: str = "1s") -> int:
+    """vmagent with `config` (see `vmagent_config`), re-reading http_sd every `sd_check`, writing to victoria-metrics."""
     import yaml
 
     port = free_port()
     path = p.workdir / f"{name}.yml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    p.start(name, [binary("vmagent"), f"-promscrape.config={path}", "-promscrape.httpSDCheckInterval=1s",
+    p.start(name, [binary("vmagent"), f"-promscrape.config={path}", f"-promscrape.httpSDCheckInterval={sd_check}",
                    f"-remoteWrite.url={url(vm_port, '/api/v1/write')}", f"-remoteWrite.tmpDataPath={p.workdir / name}",
                    f"-httpListenAddr={LOOPBACK}:{port}", "-loggerLevel=WARN", *flags],
             url(port, "/health"))
@@ -242,10 +243,12 @@ def rules_with_for(dst: Path, for_: str) -> Path:
 
 
 def sd_targets(sd_port: int, query: str = "") -> dict[str, set[str]]:
-    """source -> targets, as sensor-sd serves them on /targets."""
+    """source -> targets, as sensor-sd serves them on /targets (none before its first good snapshot: 503)."""
     status, body = http_get(url(sd_port, f"/targets{query}"), timeout=5)
+    if status == 503:
+        return {}
     if status != 200:
-        raise StackError(f"/targets answered {status}")
+        raise ValueError(f"/targets answered {status}: {body[:200]!r}")  # retried by wait_until, unlike StackError
     return {g["labels"]["source"]: set(g["targets"]) for g in json.loads(body)}
 
 
