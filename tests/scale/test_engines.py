@@ -17,6 +17,7 @@ whole scrape is missing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ import pytest
 
 from sensor_sd.sim.engines import (
     AGENT_HA, AGENT_SHARDED, VM_RELABEL, Procs, all_targets, cluster_flags, for_loopback, load_yaml, longest_gaps,
-    rules_with_for, scraper_targets, start_alertmanager, start_fleet, start_inventory, start_prometheus_agent,
+    metric_samples, scrape_metrics,
+    scraper_targets, start_alertmanager, start_fleet, start_inventory, start_prometheus,
     start_sd, start_victoria_metrics, start_vmagent, start_vmalert, url, vm_export, vm_query, vmagent_config,
 )
 from sensor_sd.sim.inventory import store_names
-from sensor_sd.sim.stack import admin_call, http_get, wait_until
+from sensor_sd.sim.stack import admin_call, http_get, rules_with_for, wait_until
 
 STORES, PER_STORE = 4, 25
 SENSORS = STORES * PER_STORE
@@ -78,10 +80,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         procs.stop_all()
 
 
-def sensor_addresses(chain: Chain) -> set[str]:
-    return all_targets(chain.sd)
-
-
 def export_window(chain: Chain, selector: str, start: float, end: float) -> list[dict[str, Any]]:
     """Raw `up` samples of the sensors in [start, end], once victoria-metrics holds all of that window."""
     series: list[dict[str, Any]] = []
@@ -104,7 +102,7 @@ def test_vmagent_cluster_scrapes_every_sensor_exactly_once(chain: Chain, procs: 
     members = [start_vmagent(procs, vmagent_config(**chain.ports()), chain.vm, name=f"vmagent-r1-{i}",
                              flags=[*cluster_flags(3, i, 1), "-remoteWrite.label=topology=vmagent-r1",
                                     f"-remoteWrite.label=member={i}"]) for i in range(3)]
-    everything = sensor_addresses(chain)
+    everything = all_targets(chain.sd)
     shares: list[set[str]] = []
 
     def split() -> bool:
@@ -135,7 +133,7 @@ def test_vmagent_cluster_replication_2_survives_a_killed_member(chain: Chain, pr
     members = [start_vmagent(procs, vmagent_config(**chain.ports()), chain.vm, name=f"vmagent-r2-{i}",
                              flags=[*cluster_flags(3, i, 2), "-remoteWrite.label=topology=vmagent-r2"])
                for i in range(3)]
-    everything = sensor_addresses(chain)
+    everything = all_targets(chain.sd)
     shares: list[set[str]] = []
 
     def split() -> bool:
@@ -167,7 +165,8 @@ def agent_config(chain: Chain, path: Path, topology: str) -> dict[str, Any]:
 def test_prometheus_agents_sharded_by_sensor_sd(chain: Chain, procs: Procs) -> None:
     configs = sorted(AGENT_SHARDED.glob("prometheus-agent-shard-*.yml"))
     assert len(configs) == 2
-    agents = [start_prometheus_agent(procs, agent_config(chain, c, "agent-sharded"), name=f"agent-shard-{i}")
+    agents = [start_prometheus(procs, agent_config(chain, c, "agent-sharded"), name=f"agent-shard-{i}",
+                               agent=True)
               for i, c in enumerate(configs)]
     wanted = [all_targets(chain.sd, f"?shard={i}&shards=2") for i in range(2)]
     assert wanted[0] and wanted[1] and not wanted[0] & wanted[1]
@@ -185,14 +184,14 @@ def test_prometheus_agents_sharded_by_sensor_sd(chain: Chain, procs: Procs) -> N
 def test_ha_pair_is_one_series_per_sensor_in_victoria_metrics(chain: Chain, procs: Procs) -> None:
     configs = sorted(AGENT_HA.glob("prometheus-agent-replica-*.yml"))
     assert [load_yaml(c)["global"]["external_labels"]["replica"] for c in configs] == ["a", "b"]
-    agents = [start_prometheus_agent(procs, agent_config(chain, c, "agent-ha"), name=f"agent-replica-{i}")
+    agents = [start_prometheus(procs, agent_config(chain, c, "agent-ha"), name=f"agent-replica-{i}", agent=True)
               for i, c in enumerate(configs)]
-    everything = sensor_addresses(chain)
+    everything = all_targets(chain.sd)
     wait_until(lambda: all(scraper_targets(a) == everything for a in agents), 60, "both replicas scraping all", 0.25)
 
     def both_written() -> bool:
         # Each replica reports its own samples sent; both must have delivered before the check means anything.
-        sent = [vm_query_agent(a) for a in agents]
+        sent = [samples_sent(a) for a in agents]
         return all(n > SENSORS * 3 for n in sent)
     wait_until(both_written, 60, "both replicas remote-writing", 0.5)
     chain.wait_all_written('topology="agent-ha"', "the HA pair")
@@ -207,14 +206,9 @@ def test_ha_pair_is_one_series_per_sensor_in_victoria_metrics(chain: Chain, proc
     assert per_sensor <= 5 + 1, f"{per_sensor} samples of one sensor in 5 scrape intervals: not deduplicated"
 
 
-def vm_query_agent(port: int) -> float:
+def samples_sent(port: int) -> float:
     """Samples a Prometheus agent has sent by remote_write so far."""
-    status, body = http_get(url(port, "/metrics"), timeout=5)
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith("prometheus_remote_storage_samples_total"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(v for _, v in metric_samples(scrape_metrics(port), "prometheus_remote_storage_samples_total"))
 
 
 def test_vmalert_fires_sensor_down_with_the_store_label(chain: Chain, procs: Procs, tmp_path: Path) -> None:
@@ -235,7 +229,6 @@ def test_vmalert_fires_sensor_down_with_the_store_label(chain: Chain, procs: Pro
     try:
         def sensor_down() -> list[dict[str, Any]]:
             status, body = http_get(url(am, '/api/v2/alerts?filter=alertname%3D%22SensorDown%22'), timeout=5)
-            import json
             return [a for a in json.loads(body) if a["status"]["state"] == "active"] if status == 200 else []
         alerts = wait_until(sensor_down, 60, "SensorDown in Alertmanager", 0.25)
         assert {a["labels"]["instance"] for a in alerts} == {victim}

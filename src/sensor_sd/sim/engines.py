@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +30,18 @@ VM_RELABEL = DEPLOY / "victoria-metrics" / "relabel.yml"
 VMALERT_NOTIFIER = DEPLOY / "vmalert" / "notifier.yml"
 AGENT_SHARDED = DEPLOY / "prometheus" / "agent-sharded"
 AGENT_HA = DEPLOY / "prometheus" / "agent-ha"
-RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 SENSOR_JOB = "sensors-http"
 
 
 def url(port: int, path: str = "") -> str:
     return f"http://{LOOPBACK}:{port}{path}"
+
+
+def write_yaml(path: Path, doc: Any) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 @dataclass
@@ -110,11 +117,8 @@ def start_victoria_metrics(p: Procs, *flags: str, name: str = "victoria-metrics"
 def start_vmagent(p: Procs, config: Mapping[str, Any], vm_port: int, *, name: str, flags: Sequence[str] = (),
                   sd_check: str = "1s") -> int:
     """vmagent with `config` (see `vmagent_config`), re-reading http_sd every `sd_check`, writing to victoria-metrics."""
-    import yaml
-
     port = free_port()
-    path = p.workdir / f"{name}.yml"
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    path = write_yaml(p.workdir / f"{name}.yml", dict(config))
     p.start(name, [binary("vmagent"), f"-promscrape.config={path}", f"-promscrape.httpSDCheckInterval={sd_check}",
                    f"-remoteWrite.url={url(vm_port, '/api/v1/write')}", f"-remoteWrite.tmpDataPath={p.workdir / name}",
                    f"-httpListenAddr={LOOPBACK}:{port}", "-loggerLevel=WARN", *flags],
@@ -127,39 +131,23 @@ def cluster_flags(members: int, member: int, replication: int) -> list[str]:
             f"-promscrape.cluster.replicationFactor={replication}"]
 
 
-def start_prometheus_agent(p: Procs, config: Mapping[str, Any], *, name: str) -> int:
-    import yaml
-
+def start_prometheus(p: Procs, config: Mapping[str, Any], *, name: str = "prometheus", agent: bool = False) -> int:
+    """A Prometheus server (local TSDB), or with `agent` a Prometheus agent (WAL only, remote_write)."""
     port = free_port()
-    path = p.workdir / f"{name}.yml"
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    p.start(name, [binary("prometheus"), "--enable-feature=agent", f"--config.file={path}",
-                   f"--storage.agent.path={p.workdir / name}", f"--web.listen-address={LOOPBACK}:{port}",
+    path = write_yaml(p.workdir / f"{name}.yml", dict(config))
+    storage = ["--enable-feature=agent", f"--storage.agent.path={p.workdir / name}"] if agent else \
+        [f"--storage.tsdb.path={p.workdir / name}"]
+    p.start(name, [binary("prometheus"), f"--config.file={path}", *storage, f"--web.listen-address={LOOPBACK}:{port}",
                    "--log.level=warn"], url(port, "/-/ready"))
-    return port
-
-
-def start_prometheus(p: Procs, config: Mapping[str, Any], *, name: str = "prometheus") -> int:
-    """A Prometheus server (local TSDB) with `config`."""
-    import yaml
-
-    port = free_port()
-    path = p.workdir / f"{name}.yml"
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    p.start(name, [binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={p.workdir / name}",
-                   f"--web.listen-address={LOOPBACK}:{port}", "--log.level=warn"], url(port, "/-/ready"))
     return port
 
 
 def start_alertmanager(p: Procs, name: str = "alertmanager") -> int:
     """Alertmanager with the shipped routing (receivers without delivery, as in the local stack)."""
-    import yaml
-
     from sensor_sd.sim.stack import alertmanager_config
 
     port = free_port()
-    path = p.workdir / f"{name}.yml"
-    path.write_text(yaml.safe_dump(alertmanager_config(), sort_keys=False))
+    path = write_yaml(p.workdir / f"{name}.yml", alertmanager_config())
     p.start(name, [binary("prometheus-alertmanager"), f"--config.file={path}", f"--storage.path={p.workdir / name}",
                    f"--web.listen-address={LOOPBACK}:{port}", "--cluster.listen-address=", "--log.level=warn"],
             url(port, "/-/ready"))
@@ -170,13 +158,10 @@ def start_vmalert(p: Procs, rules: Sequence[Path], vm_port: int, am_port: int, *
                   interval: str = "1s") -> int:
     """vmalert evaluating `rules` against victoria-metrics, writing its results back, notifying Alertmanager
     through the shipped deploy/vmalert/notifier.yml (pointed at `am_port`)."""
-    import yaml
-
     notifier = load_yaml(VMALERT_NOTIFIER)
     for sc in notifier["static_configs"]:
         sc["targets"] = [f"{LOOPBACK}:{am_port}" if t == "alertmanager:9093" else t for t in sc["targets"]]
-    notifier_file = p.workdir / f"{name}-notifier.yml"
-    notifier_file.write_text(yaml.safe_dump(notifier, sort_keys=False))
+    notifier_file = write_yaml(p.workdir / f"{name}-notifier.yml", notifier)
     port = free_port()
     p.start(name, [binary("vmalert"), *(f"-rule={r}" for r in rules), f"-datasource.url={url(vm_port)}",
                    f"-notifier.config={notifier_file}", f"-remoteWrite.url={url(vm_port)}",
@@ -230,13 +215,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def vmagent_config(**ports: Any) -> dict[str, Any]:
     """deploy/vmagent/scrape.yml for loopback (keyword arguments of `for_loopback`)."""
     return for_loopback(load_yaml(VMAGENT_CONFIG), **ports)
-
-
-def rules_with_for(dst: Path, for_: str) -> Path:
-    """The shipped rules with every `for:` set to `for_` (expressions, labels, annotations unchanged)."""
-    from sensor_sd.sim.stack import rules_with_for as shipped_with_for
-
-    return shipped_with_for(dst, for_)
 
 
 # --- reading what happened ------------------------------------------------------
@@ -303,8 +281,6 @@ def longest_gaps(series: Iterable[Mapping[str, Any]], start: float, end: float, 
 
 def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample of `name` in a text exposition."""
-    import re
-
     # Label values may hold braces (`path="/stores/{store}/inventory"`): quoted strings are skipped whole.
     sample = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})? '
                         r'(?P<value>\S+)')
