@@ -9,7 +9,7 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick torture deps venv system-deps bench bench-quick fuzz soak screenshot clean
+.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale fuzz soak screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,lint]'
 	touch $@
 
-# Installs the real Prometheus/Alertmanager (and wrk, chromium for tests) when missing.
+# Installs the real Prometheus/Alertmanager, victoria-metrics (vmagent, vmalert) and wrk, chromium for tests when missing.
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -43,6 +43,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	[ -x /usr/bin/time ] || missing="$$missing time"; \
+	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
@@ -53,6 +54,10 @@ bench: deps
 
 bench-quick: deps
 	$(PY) bench/run.py --quick
+
+# Scale-out figures (many stores, CPU at 1,000 stores, sensors per scraper) -> docs/scaling.md.
+bench-scale: deps
+	$(PY) bench/scale.py
 
 fuzz: venv
 	$(PY) -m pytest -q tests/fuzz -m slow -p no:cacheprovider --hypothesis-profile=long

@@ -21,6 +21,7 @@ from sensor_sd.config import Settings, Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
 
 USER_AGENT = f"sensor-sd/{__version__}"
+_MIN_CONNECTIONS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +62,15 @@ class Client:
         if settings.inventory_ca_file:
             ssl_ctx = ssl.create_default_context(cafile=str(settings.inventory_ca_file))
         self._ssl = ssl_ctx
+        # One connection per source: a source has at most one request in flight (its poll lock), so no
+        # source ever waits for a connection that another one holds. A smaller pool let hanging stores
+        # hold every connection while healthy ones queued, and the queueing counts against their
+        # REQUEST_TIMEOUT, so they timed out too (tests/scale/test_many_stores.py).
+        self._connections = max(_MIN_CONNECTIONS, len(settings.sources))
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=16, ttl_dns_cache=30)
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=True
         )

@@ -125,7 +125,13 @@ def runbook_anchors() -> set[str]:
 # --------------------------------------------------------------------------
 
 def is_agent(p: Path) -> bool:
-    return p.parent.name == "agent" and "agent" in p.name
+    return p.parent.name.startswith("agent") and "agent" in p.name
+
+
+# Where each directory's agents remote-write: a central Prometheus, or victoria-metrics (docs/scaling.md).
+AGENT_REMOTE_WRITE = {"agent": "http://prometheus-central:9090/api/v1/write",
+                      "agent-sharded": "http://victoria-metrics:8428/api/v1/write",
+                      "agent-ha": "http://victoria-metrics:8428/api/v1/write"}
 
 
 def test_expected_prometheus_configs_exist():
@@ -165,7 +171,7 @@ def test_prometheus_config_references(cfg: Path):
     if is_agent(cfg):
         assert "rule_files" not in conf and "alerting" not in conf
         urls = [rw["url"] for rw in conf["remote_write"]]
-        assert "http://prometheus-central:9090/api/v1/write" in urls
+        assert AGENT_REMOTE_WRITE[cfg.parent.name] in urls
     else:
         am = conf["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
         assert am == ["alertmanager:9093"]

@@ -488,7 +488,7 @@ def test_metrics_count_requests_and_pass_promtool(inv: Any) -> None:
 
 def test_two_apps_have_independent_state(loop_thread: Any) -> None:
     a, b = make_app(3), make_app(5)
-    assert len(a[STATE].items) == 3 and len(b[STATE].items) == 5
+    assert len(a[STATE].main.items) == 3 and len(b[STATE].main.items) == 5
     assert a[STATE].registry is not b[STATE].registry
 
 
@@ -526,6 +526,7 @@ def test_run_exits_0_on_sigterm_even_with_a_hung_request(spawn: Any) -> None:
 def test_run_reports_a_busy_port(spawn: Any) -> None:
     proc = spawn("sensor_sd.sim.inventory")
     args = argparse.Namespace(
-        host="127.0.0.1", port=proc.port, sensors=1, churn_add=0, churn_remove=0, churn_every=0.0, seed=None
+        host="127.0.0.1", port=proc.port, sensors=1, churn_add=0, churn_remove=0, churn_every=0.0, seed=None,
+        stores=0, sensors_per_store=0,
     )
     assert inventory.run(args) == 1

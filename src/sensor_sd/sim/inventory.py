@@ -6,15 +6,25 @@ every fault sensor-sd must survive, each produced for real at the HTTP/TCP
 level. Connection refused cannot be produced by a listening server: tests stop
 the server (or use a closed port) for that case.
 
+Many stores in one process (`--stores N --sensors-per-store M`): store
+`store7` is served at `GET /stores/store7/inventory` with its own list
+(`store7_sensor_0`, ...), its own ETag/304 and its own fault, so one process
+plays a whole retail chain. `GET /stores` lists the store names.
+
 Admin API (JSON in, JSON out; bad input -> 400 {"error": "..."}):
 
-* `GET /admin/state` -> count, etag, last_modified, version, fault, churn
+* `GET /admin/state` -> count, etag, last_modified, version, fault, churn, stores
 * `PUT /admin/sensors` body = JSON array, served exactly as given (any JSON values)
 * `POST /admin/sensors/add` `{"count": k}` (new sensor numbers) or `{"names": [...]}`
 * `POST /admin/sensors/remove` `{"count": k}` (random) or `{"names": [...]}`
 * `PUT /admin/fault` `{"mode": M, "count": n?, ...params}`, `DELETE /admin/fault`
 * `PUT /admin/churn` `{"add": k, "remove": k, "every": s}`, `DELETE /admin/churn`,
   `POST /admin/churn/step` (one churn step now, for deterministic tests)
+* per store, the same verbs under `/admin/stores/<name>/`: `state`, `sensors`,
+  `sensors/add`, `sensors/remove`, `fault` (churn is for `/inventory` only);
+  `GET /admin/stores` (every store's state), `PUT /admin/stores/<name>`
+  `{"sensors": k}` or `{"names": [...]}` (create or replace a store),
+  `DELETE /admin/stores/<name>` (its inventory answers 404 from then on)
 
 Fault modes (all take `count`: only the next n requests, then the fault clears):
 `status` {code: 400..599, default 500}; `hang` {seconds: default forever, then
@@ -35,7 +45,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -68,6 +78,8 @@ from sensor_sd.sim._common import (
 MAX_COUNT = 10_000_000
 DEFAULT_OVERSIZED_BYTES = 600 * 1024 * 1024
 _SENSOR_NUMBER = re.compile(r"sensor_(\d+)\Z")
+# Store names are sensor-sd source names: they become the `source` label.
+_STORE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _OVERSIZED_BLOCK_BYTES = 256 * 1024
 
 
@@ -100,42 +112,29 @@ class Churn:
 
 
 @dataclass
-class InventoryState:
-    """Everything the simulator knows; one instance per app, no module-level state."""
+class Store:
+    """One inventory: its list, pre-rendered body, validators and fault.
 
+    The single `/inventory` is one Store, and so is every `/stores/<name>/inventory`:
+    each answers, changes and fails on its own, as separate real services would.
+    """
+
+    name: str  # "" for the single /inventory
     items: list[Any]
     rng: random.Random
-    churn: Churn
+    # The app's shutdown flag: `hang` and `slow` handlers watch it so a stop never waits for them.
+    stopping: asyncio.Event
+    prefix: str = "sensor_"  # new sensors are <prefix><number>
     next_number: int = 0
     body: bytes = b"[]"
     etag: str = ""
     last_modified: int = 0
     version: int = 0
     fault: Fault | None = None
-    churn_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set on shutdown so `hang` handlers return and never hold the server open.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    requests: Counter = field(init=False)
-    faults_served: Counter = field(init=False)
-    sensors_gauge: Gauge = field(init=False)
+    _number: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.requests = Counter(
-            "inventory_sim_http_requests",
-            "HTTP requests answered by the inventory simulator, by route and status code.",
-            ["path", "code"],
-            registry=self.registry,
-        )
-        self.faults_served = Counter(
-            "inventory_sim_faults_served",
-            "Inventory requests answered with an injected fault, by mode.",
-            ["mode"],
-            registry=self.registry,
-        )
-        self.sensors_gauge = Gauge(
-            "inventory_sim_sensors", "Entries currently in the simulated inventory.", registry=self.registry
-        )
+        self._number = _SENSOR_NUMBER if self.prefix == "sensor_" else re.compile(re.escape(self.prefix) + r"(\d+)\Z")
         self.set_items(self.items, force=True)
 
     # -- membership ---------------------------------------------------------
@@ -158,17 +157,16 @@ class InventoryState:
         self.version += 1
         for item in items:
             if isinstance(item, str):
-                m = _SENSOR_NUMBER.match(item)
+                m = self._number.match(item)
                 if m and int(m.group(1)) >= self.next_number:
                     self.next_number = int(m.group(1)) + 1
-        self.sensors_gauge.set(len(items))
         return True
 
     def new_names(self, count: int) -> list[str]:
         """Fresh sensor numbers never used before, like newly installed hardware."""
         start = self.next_number
         self.next_number += count
-        return [f"sensor_{i}" for i in range(start, start + count)]
+        return [f"{self.prefix}{i}" for i in range(start, start + count)]
 
     def add_count(self, count: int) -> int:
         if count:
@@ -199,12 +197,6 @@ class InventoryState:
             self.set_items(kept)
         return removed
 
-    def churn_step(self) -> dict[str, int]:
-        """Remove first, then add, so new sensors are never removed in the same step."""
-        removed = self.remove_count(self.churn.remove)
-        added = self.add_count(self.churn.add)
-        return {"added": added, "removed": removed}
-
     # -- faults -------------------------------------------------------------
 
     def take_fault(self) -> Fault | None:
@@ -225,8 +217,83 @@ class InventoryState:
             "last_modified": formatdate(self.last_modified, usegmt=True),
             "version": self.version,
             "fault": self.fault.describe() if self.fault else None,
-            "churn": self.churn.describe(),
         }
+
+
+@dataclass
+class InventoryState:
+    """Everything the simulator knows; one instance per app, no module-level state."""
+
+    main: Store  # GET /inventory
+    churn: Churn
+    stores: dict[str, Store] = field(default_factory=dict)  # GET /stores/<name>/inventory
+    churn_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    requests: Counter = field(init=False)
+    faults_served: Counter = field(init=False)
+    sensors_gauge: Gauge = field(init=False)
+    stores_gauge: Gauge = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "inventory_sim_http_requests",
+            "HTTP requests answered by the inventory simulator, by route and status code.",
+            ["path", "code"],
+            registry=self.registry,
+        )
+        self.faults_served = Counter(
+            "inventory_sim_faults_served",
+            "Inventory requests answered with an injected fault, by mode.",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.sensors_gauge = Gauge(
+            "inventory_sim_sensors", "Entries currently in the simulated inventories (/inventory and every store).",
+            registry=self.registry,
+        )
+        self.sensors_gauge.set_function(lambda: len(self.main.items) + sum(len(s.items) for s in self.stores.values()))
+        self.stores_gauge = Gauge("inventory_sim_stores", "Stores served under /stores/<name>/inventory.",
+                                  registry=self.registry)
+        self.stores_gauge.set_function(lambda: len(self.stores))
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set on shutdown (by the common routes) so `hang` handlers return and never hold the server open."""
+        return self.main.stopping
+
+    def new_store(self, name: str, items: list[Any]) -> Store:
+        """A store sharing the app's randomness and shutdown flag; sensors named <name>_sensor_<n>."""
+        return Store(name=name, items=items, rng=self.main.rng, stopping=self.main.stopping,
+                     prefix=store_sensor_prefix(name))
+
+    def churn_step(self) -> dict[str, int]:
+        """Remove first, then add, so new sensors are never removed in the same step."""
+        removed = self.main.remove_count(self.churn.remove)
+        added = self.main.add_count(self.churn.add)
+        return {"added": added, "removed": removed}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.main.describe(), "churn": self.churn.describe(), "stores": len(self.stores)}
+
+
+def store_sensor_prefix(store: str) -> str:
+    """Sensors of store `store7` are `store7_sensor_0`, `store7_sensor_1`, ... (unique across the chain)."""
+    return f"{store}_sensor_"
+
+
+def store_names(count: int) -> list[str]:
+    """The stores `--stores N` serves: store0 .. store{N-1}."""
+    return [f"store{i}" for i in range(count)]
+
+
+def sources_env(base_url: str, stores: Iterable[str]) -> dict[str, str]:
+    """The sensor-sd environment that polls these stores of a simulator at `base_url`: one source per store.
+
+    Today `INVENTORY_URL=name=url,...` (label `source=<store>`); the one place
+    tests and benchmarks build their sources configuration, so moving them to a
+    sources file is a change here only.
+    """
+    return {"INVENTORY_URL": ",".join(f"{name}={base_url}/stores/{name}/inventory" for name in stores)}
 
 
 STATE = web.AppKey("inventory_state", InventoryState)
@@ -306,7 +373,7 @@ def parse_fault(body: Any) -> Fault:
 
 # -- /inventory ------------------------------------------------------------
 
-def _not_modified(request: web.Request, state: InventoryState) -> bool:
+def _not_modified(request: web.Request, state: Store) -> bool:
     """RFC 9110 evaluation: If-None-Match wins; If-Modified-Since only when it is absent."""
     inm = request.headers.get("If-None-Match")
     if inm is not None:
@@ -316,7 +383,7 @@ def _not_modified(request: web.Request, state: InventoryState) -> bool:
     return ims is not None and ims.timestamp() >= state.last_modified
 
 
-def _validators(state: InventoryState) -> dict[str, str]:
+def _validators(state: Store) -> dict[str, str]:
     return {
         "ETag": state.etag,
         "Last-Modified": formatdate(state.last_modified, usegmt=True),
@@ -356,11 +423,11 @@ def _oversized_chunks(total: int) -> Iterator[bytes]:
     yield b'"' + b"x" * (remaining - 3) + b'"]'
 
 
-async def _fault_status(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_status(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     return web.Response(status=p["code"], text=f"simulated inventory failure: HTTP {p['code']}\n")
 
 
-async def _stopped_within(state: InventoryState, seconds: float | None) -> bool:
+async def _stopped_within(state: Store, seconds: float | None) -> bool:
     """Wait up to `seconds` (None = forever); True if the server began shutting down meanwhile."""
     try:
         await asyncio.wait_for(state.stopping.wait(), timeout=seconds)
@@ -369,14 +436,14 @@ async def _stopped_within(state: InventoryState, seconds: float | None) -> bool:
     return True
 
 
-async def _fault_hang(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_hang(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     # The connection is accepted and the request read, but no byte is ever answered.
     await _stopped_within(state, p["seconds"])
     abort_with_rst(request)
     return web.Response(status=503)  # never reaches the client: the socket is gone, counted as "aborted"
 
 
-async def _fault_slow(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_slow(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     body = state.body
     n = p["chunks"]
     step = max(1, -(-len(body) // n))
@@ -395,19 +462,19 @@ async def _fault_slow(request: web.Request, state: InventoryState, p: dict[str, 
     return resp
 
 
-async def _fault_truncated(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_truncated(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     # A complete HTTP response whose JSON stops halfway (the closing ']' is always missing).
     body = state.body[: max(1, len(state.body) // 2)]
     return web.Response(body=body, content_type="application/json")
 
 
-async def _fault_garbage(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_garbage(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     # 0xff can never start JSON (nor UTF-8), so the body is guaranteed unparsable.
     body = b"\xff" + state.rng.randbytes(p["bytes"] - 1)
     return web.Response(body=body, content_type="application/json")
 
 
-async def _fault_html(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_html(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     html = (
         "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\n"
         "<body><h1>Service Unavailable</h1><p>The inventory backend is under maintenance.</p></body></html>\n"
@@ -415,11 +482,11 @@ async def _fault_html(request: web.Request, state: InventoryState, p: dict[str, 
     return web.Response(text=html, content_type="text/html")
 
 
-async def _fault_object(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_object(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     return json_response({"sensors": state.items, "count": len(state.items)})
 
 
-async def _fault_nonutf8(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_nonutf8(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     # Valid JSON structure, but one string holds bytes that are not UTF-8 (lone 0xc3, 0xff).
     bad = b'"sensor_\xc3\x28\xff"'
     body = state.body
@@ -427,16 +494,16 @@ async def _fault_nonutf8(request: web.Request, state: InventoryState, p: dict[st
     return web.Response(body=body, content_type="application/json")
 
 
-async def _fault_oversized(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_oversized(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     total = p["bytes"]
     return await _stream(request, _oversized_chunks(total), None if p["chunked"] else total)
 
 
-async def _fault_empty(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_empty(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     return web.Response(body=b"[]", content_type="application/json")
 
 
-async def _fault_reset(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_reset(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     # Promise the whole body, send half, then RST: the client sees a connection error mid-body.
     body = state.body
     resp = web.StreamResponse()
@@ -448,11 +515,11 @@ async def _fault_reset(request: web.Request, state: InventoryState, p: dict[str,
     return resp
 
 
-async def _fault_redirect_loop(request: web.Request, state: InventoryState, p: dict[str, Any]) -> web.StreamResponse:
+async def _fault_redirect_loop(request: web.Request, state: Store, p: dict[str, Any]) -> web.StreamResponse:
     raise web.HTTPFound(location=request.path_qs)
 
 
-_FAULT_HANDLERS: dict[str, Callable[[web.Request, InventoryState, dict[str, Any]], Awaitable[web.StreamResponse]]] = {
+_FAULT_HANDLERS: dict[str, Callable[[web.Request, Store, dict[str, Any]], Awaitable[web.StreamResponse]]] = {
     "status": _fault_status,
     "hang": _fault_hang,
     "slow": _fault_slow,
@@ -468,12 +535,29 @@ _FAULT_HANDLERS: dict[str, Callable[[web.Request, InventoryState, dict[str, Any]
 }
 
 
+def _store(request: web.Request) -> Store:
+    """The store a request is for: `/stores/<name>/...` or the single `/inventory` (404 for an unknown store)."""
+    state = request.app[STATE]
+    name = request.match_info.get("store")
+    if name is None:
+        return state.main
+    store = state.stores.get(name)
+    if store is None:
+        raise web.HTTPNotFound(text=orjson.dumps({"error": f"no store {name!r}"}).decode(), content_type="application/json")
+    return store
+
+
+def _describe(request: web.Request, store: Store) -> dict[str, Any]:
+    state = request.app[STATE]
+    return state.describe() if store is state.main else {"store": store.name, **store.describe()}
+
+
 async def handle_inventory(request: web.Request) -> web.StreamResponse:
     """The endpoint sensor-sd polls. Faults bypass validators: they always answer fresh."""
-    state = request.app[STATE]
+    state = _store(request)
     fault = state.take_fault()
     if fault is not None:
-        state.faults_served.labels(fault.mode).inc()
+        request.app[STATE].faults_served.labels(fault.mode).inc()
         return await _FAULT_HANDLERS[fault.mode](request, state, fault.params)
     headers = _validators(state)
     if _not_modified(request, state):
@@ -481,10 +565,15 @@ async def handle_inventory(request: web.Request) -> web.StreamResponse:
     return web.Response(body=state.body, content_type="application/json", headers=headers)
 
 
+async def list_stores(request: web.Request) -> web.Response:
+    """The store names, in the order they were created (a sources list is built from them)."""
+    return json_response(list(request.app[STATE].stores))
+
+
 # -- admin -----------------------------------------------------------------
 
 async def admin_state(request: web.Request) -> web.Response:
-    return json_response(request.app[STATE].describe())
+    return json_response(_describe(request, _store(request)))
 
 
 async def admin_put_sensors(request: web.Request) -> web.Response:
@@ -492,47 +581,70 @@ async def admin_put_sensors(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, list):
         raise AdminError(f"request body must be a JSON array, got {type_name(body)}")
-    state = request.app[STATE]
+    state = _store(request)
     state.set_items(body)
-    return json_response(state.describe())
+    return json_response(_describe(request, state))
 
 
-def _count_or_names(body: Any) -> tuple[int | None, list[str] | None]:
+def _count_or_names(body: Any, count_key: str = "count") -> tuple[int | None, list[str] | None]:
     body = require_object(body)
-    unknown = sorted(set(body) - {"count", "names"})
+    unknown = sorted(set(body) - {count_key, "names"})
     if unknown:
-        raise AdminError(f"unknown key(s): {', '.join(unknown)}; expected 'count' or 'names'")
-    count = get_int(body, "count", None, 0, MAX_COUNT)
+        raise AdminError(f"unknown key(s): {', '.join(unknown)}; expected {count_key!r} or 'names'")
+    count = get_int(body, count_key, None, 0, MAX_COUNT)
     names = get_str_list(body, "names")
     if (count is None) == (names is None):
-        raise AdminError("give exactly one of 'count' (integer) or 'names' (array of strings)")
+        raise AdminError(f"give exactly one of {count_key!r} (integer) or 'names' (array of strings)")
     return count, names
 
 
 async def admin_add(request: web.Request) -> web.Response:
     count, names = _count_or_names(await read_json(request))
-    state = request.app[STATE]
+    state = _store(request)
     added = state.add_count(count) if count is not None else state.add_names(names or [])
-    return json_response({"added": added, **state.describe()})
+    return json_response({"added": added, **_describe(request, state)})
 
 
 async def admin_remove(request: web.Request) -> web.Response:
     count, names = _count_or_names(await read_json(request))
-    state = request.app[STATE]
+    state = _store(request)
     removed = state.remove_count(count) if count is not None else state.remove_names(names or [])
-    return json_response({"removed": removed, **state.describe()})
+    return json_response({"removed": removed, **_describe(request, state)})
 
 
 async def admin_put_fault(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = _store(request)
     state.fault = parse_fault(await read_json(request))
-    return json_response(state.describe())
+    return json_response(_describe(request, state))
 
 
 async def admin_delete_fault(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = _store(request)
     state.fault = None
-    return json_response(state.describe())
+    return json_response(_describe(request, state))
+
+
+async def admin_stores(request: web.Request) -> web.Response:
+    return json_response({name: store.describe() for name, store in request.app[STATE].stores.items()})
+
+
+async def admin_put_store(request: web.Request) -> web.Response:
+    """Create or replace a store: `{"sensors": k}` (<name>_sensor_0..k-1) or `{"names": [...]}`."""
+    name = request.match_info["store"]
+    if not _STORE_NAME.fullmatch(name):
+        raise AdminError(f"store name {name!r} must be 1-63 letters, digits, _ . - (not starting with . or -)")
+    count, names = _count_or_names(await read_json(request), "sensors")
+    state = request.app[STATE]
+    prefix = store_sensor_prefix(name)
+    items: list[Any] = list(names) if names is not None else [f"{prefix}{i}" for i in range(count or 0)]
+    state.stores[name] = state.new_store(name, items)
+    return json_response(_describe(request, state.stores[name]))
+
+
+async def admin_delete_store(request: web.Request) -> web.Response:
+    store = _store(request)
+    del request.app[STATE].stores[store.name]
+    return json_response({"deleted": store.name, "stores": len(request.app[STATE].stores)})
 
 
 async def admin_put_churn(request: web.Request) -> web.Response:
@@ -614,21 +726,29 @@ def make_app(
     churn_add: int = 0,
     churn_remove: int = 0,
     churn_every: float = 0.0,
+    stores: int = 0,
+    sensors_per_store: int = 100,
 ) -> web.Application:
-    """Build the simulator; `names` overrides `sensors` (sensor_0..sensor_{N-1}). State is at app[STATE]."""
-    if sensors < 0:
-        raise ValueError("sensors must be >= 0")
+    """Build the simulator; `names` overrides `sensors` (sensor_0..sensor_{N-1}). State is at app[STATE].
+
+    `stores` > 0 also serves store0..store{stores-1}, each with `sensors_per_store`
+    sensors named <store>_sensor_<n>, at /stores/<store>/inventory.
+    """
+    if sensors < 0 or stores < 0 or sensors_per_store < 0:
+        raise ValueError("sensors, stores and sensors_per_store must be >= 0")
     items: list[Any] = list(names) if names is not None else [f"sensor_{i}" for i in range(sensors)]
-    state = InventoryState(
-        items=items,
-        rng=random.Random(seed),
-        churn=Churn(add=churn_add, remove=churn_remove, every=churn_every),
-        next_number=sensors if names is None else 0,
-    )
+    main = Store(name="", items=items, rng=random.Random(seed), stopping=asyncio.Event(),
+                 next_number=sensors if names is None else 0)
+    state = InventoryState(main=main, churn=Churn(add=churn_add, remove=churn_remove, every=churn_every))
+    for name in store_names(stores):
+        prefix = store_sensor_prefix(name)
+        state.stores[name] = state.new_store(name, [f"{prefix}{i}" for i in range(sensors_per_store)])
     app = web.Application(middlewares=[_count_requests, admin_errors], client_max_size=CLIENT_MAX_SIZE)
     app[STATE] = state
     r = app.router
     r.add_get("/inventory", handle_inventory)
+    r.add_get("/stores", list_stores)
+    r.add_get("/stores/{store}/inventory", handle_inventory)
     r.add_get("/admin/state", admin_state)
     r.add_put("/admin/sensors", admin_put_sensors)
     r.add_post("/admin/sensors/add", admin_add)
@@ -638,6 +758,15 @@ def make_app(
     r.add_put("/admin/churn", admin_put_churn)
     r.add_delete("/admin/churn", admin_delete_churn)
     r.add_post("/admin/churn/step", admin_churn_step)
+    r.add_get("/admin/stores", admin_stores)
+    r.add_put("/admin/stores/{store}", admin_put_store)
+    r.add_delete("/admin/stores/{store}", admin_delete_store)
+    r.add_get("/admin/stores/{store}/state", admin_state)
+    r.add_put("/admin/stores/{store}/sensors", admin_put_sensors)
+    r.add_post("/admin/stores/{store}/sensors/add", admin_add)
+    r.add_post("/admin/stores/{store}/sensors/remove", admin_remove)
+    r.add_put("/admin/stores/{store}/fault", admin_put_fault)
+    r.add_delete("/admin/stores/{store}/fault", admin_delete_fault)
     app.cleanup_ctx.append(_churn_loop)
     add_common_routes(app, STATE)
     return app
@@ -654,6 +783,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--churn-remove", type=count_arg, default=0, help="random sensors removed per churn step")
     parser.add_argument("--churn-every", type=seconds_arg(allow_zero=True), default=0.0, help="seconds between churn steps (0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="seed for churn/removal randomness (reproducible runs)")
+    parser.add_argument("--stores", type=count_arg, default=0,
+                        help="also serve store0..store{N-1} at /stores/<name>/inventory (default 0)")
+    parser.add_argument("--sensors-per-store", type=count_arg, default=100,
+                        help="sensors of each store, <store>_sensor_0.. (default 100)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -664,12 +797,15 @@ def run(args: argparse.Namespace) -> int:
         churn_add=args.churn_add,
         churn_remove=args.churn_remove,
         churn_every=args.churn_every,
+        stores=args.stores,
+        sensors_per_store=args.sensors_per_store,
     )
+    stores = f" and {args.stores} stores x {args.sensors_per_store} at /stores/<name>/inventory" if args.stores else ""
     return serve_forever(
         app,
         args.host,
         args.port,
-        lambda port: f"inventory-server listening on http://{url_host(args.host, port)}/inventory ({args.sensors} sensors)",
+        lambda port: f"inventory-server listening on http://{url_host(args.host, port)}/inventory ({args.sensors} sensors){stores}",
     )
 
 
