@@ -34,7 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,lint]'
 	touch $@
 
-# Installs the real Prometheus/Alertmanager (and wrk, chromium for tests) when missing.
+# Installs the real Prometheus/Alertmanager (and wrk, chromium for tests; Docker's engine, iptables and
+# mmdebstrap for the live deployment tests) when missing.
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -43,6 +44,9 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	[ -x /usr/bin/time ] || missing="$$missing time"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
