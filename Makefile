@@ -9,7 +9,7 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick torture deps venv system-deps bench bench-quick fuzz soak screenshot clean
+.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-container fuzz soak screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
@@ -57,6 +57,11 @@ bench: deps
 
 bench-quick: deps
 	$(PY) bench/run.py --quick
+
+# Image build time and size, time to healthy, memory per container: the compose stack under Docker
+# (figures written into docs/deployment.md).
+bench-container: deps
+	$(PY) bench/container.py
 
 fuzz: venv
 	$(PY) -m pytest -q tests/fuzz -m slow -p no:cacheprovider --hypothesis-profile=long

@@ -19,7 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from docker_engine import (  # noqa: E402
-    REPO, Engine, Figures, Images, NoEngine, build, ensure_stand_ins, image_size_bytes, remove_stale_projects,
+    REPO, Engine, Figures, Images, NoEngine, ensure_images, image_size_bytes, remove_stale_projects,
     start_engine,
 )
 
@@ -77,12 +77,12 @@ def project_tag() -> str:
 
 @pytest.fixture(scope="session")
 def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory, figures: Figures) -> Images:
-    report = ensure_stand_ins(engine, tmp_path_factory.mktemp("stand-ins"))
-    built = ", ".join(f"{tag} {secs:.0f}s" for tag, secs in report.built.items())
+    tag = project_tag()
+    # The project's Dockerfile as it is, classic builder; its layer cache is used as found.
+    report, seconds = ensure_images(engine, tmp_path_factory.mktemp("stand-ins"), tag)
+    built = ", ".join(f"{t} {secs:.0f}s" for t, secs in report.built.items())
     figures.add(f"stand-in images: built {built or 'none'}; reused {len(report.reused)}"
                 + (f"; real images used as found: {', '.join(report.foreign)}" if report.foreign else ""))
-    tag = project_tag()
-    seconds = build(engine, REPO, tag)  # the project's Dockerfile as it is, classic builder
     figures.add(f"project image {tag}: build {seconds:.1f}s (layer cache as found), "
                 f"size {image_size_bytes(engine, tag) / 1e6:.0f} MB")
     return Images(tag, report)

@@ -4,10 +4,10 @@ The stack is the shipped one plus a test override (compose.test.yaml,
 generated): every port published on 127.0.0.1 with an ephemeral host port,
 a copy of the shipped rules whose `for:` is shortened to FOR (minutes would
 otherwise pass before an alert fires; expressions, labels and routing are as
-shipped), a second Prometheus running the shipped http_sd config (with the
-demo's `proxy_url` added so it reaches the simulated sensors), and a receiver
-for the shipped Alertmanager webhooks. The test talks only to published
-loopback ports or runs commands inside containers with `exec`.
+shipped) and a second Prometheus running the shipped http_sd config (with the
+demo's `proxy_url` added so it reaches the simulated sensors). Notifications
+reach the demo's `alert-webhook`. The test talks only to published loopback
+ports or runs commands inside containers with `exec`.
 
 The tests run in file order on one stack: the disruptive ones (kill, stop,
 `down -v`) come last. Grafana is a stand-in answering /api/health only.
@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,6 +88,18 @@ class Live:
                 found.append((path, json.loads(body)))
         return found
 
+    def webhook_notifications(self) -> tuple[float, float]:
+        """(attempted, failed) webhook requests, from Alertmanager's own counters (each retry counts)."""
+        status, body = http_get(self.url("alertmanager", "/metrics"), timeout=10)
+        assert status == 200
+        counts = {"alertmanager_notification_requests_total": 0.0,
+                  "alertmanager_notification_requests_failed_total": 0.0}
+        for line in body.decode().splitlines():
+            name, _, rest = line.partition("{")
+            if name in counts and 'integration="webhook"' in rest:
+                counts[name] += float(line.rsplit(" ", 1)[1])
+        return counts["alertmanager_notification_requests_total"], counts["alertmanager_notification_requests_failed_total"]
+
     def hosts(self, targets_json: bytes) -> set[str]:
         return {t for group in json.loads(targets_json) for t in group["targets"]}
 
@@ -115,7 +126,7 @@ def live(engine: Engine, images: Images, tmp_path_factory: pytest.TempPathFactor
         if job["job_name"] == "sensors-http":
             job["proxy_url"] = proxy
     (http_sd / "prometheus.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    override = write_override(work, rules_dir=rules, http_sd_dir=http_sd, webhook=True, extra_ports={"fleet": 9101})
+    override = write_override(work, rules_dir=rules, http_sd_dir=http_sd, extra_ports={"fleet": 9101})
     project = f"{PROJECT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
     compose = Compose(engine, project, (*COMPOSE_FILES, override))
     began = time.monotonic()
@@ -212,6 +223,9 @@ def test_a_sensor_taken_down_fires_sensor_down_and_a_notification_goes_out(live:
         assert live.am_alerts("SensorFleetDegraded") == []  # 1 % is below the 10 % threshold
 
         def delivered() -> list[dict[str, Any]]:
+            total, failed = live.webhook_notifications()
+            assert failed == 0, (f"Alertmanager failed {failed:g} of {total:g} webhook requests:\n"
+                                 + "\n".join(live.compose("logs", "--no-color", "alertmanager").stdout.splitlines()[-5:]))
             return [body for path, body in live.notifications() if path == "/team"
                     and any(a["labels"]["alertname"] == "SensorDown" and a["labels"]["instance"] == DOWN
                             and a["status"] == "firing" for a in body["alerts"])]
