@@ -63,7 +63,7 @@ def measure(engine: Engine, workdir: Path, cold: bool) -> list[tuple[str, str]]:
                 engine.docker("image", "rm", "--force", tag, check=False)
     report = ensure_stand_ins(engine, workdir)
     if report.built:
-        rows.append(("stand-in base images built (mmdebstrap, apt)",
+        rows.append(("stand-in base images built (mmdebstrap, apt; sum of per-image times, two chains side by side)",
                      f"{sum(report.built.values()):.0f} s ("
                      + ", ".join(f"{t} {s:.0f} s" for t, s in report.built.items()) + ")"))
     tag = str(__import__("yaml").safe_load((REPO / "compose.yaml").read_text())["services"]["sensor-sd"]["image"])
