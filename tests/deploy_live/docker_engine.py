@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sensor_sd.sim.stack import _die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = (REPO / "compose.yaml", REPO / "compose.demo.yaml")
 SUITE = "bookworm"  # Debian's python3 in bookworm is 3.11, as python:3.11-slim
@@ -166,8 +168,10 @@ def start_engine(log: Path, wait: float = 60) -> Engine:
     argv = [dockerd, "--data-root", str(data_root), "--exec-root", str(run_dir / "exec"),
             "--pidfile", str(run_dir / "docker.pid"), "--host", f"unix://{sock}"]
     with open(log, "ab") as out:
+        # Its own session (a Ctrl-C of the run reaches only pytest, which stops it in order), and
+        # SIGTERMed by the kernel if the run is killed outright: no daemon outlives its run.
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent())
     env["DOCKER_HOST"] = f"unix://{sock}"
     engine = Engine(env, driver="", version="", started=proc, run_dir=run_dir, lock=lock)
 
