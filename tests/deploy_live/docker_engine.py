@@ -40,7 +40,7 @@ SUITE = "bookworm"  # Debian's python3 in bookworm is 3.11, as python:3.11-slim
 STAND_IN_LABEL = "org.sensor-sd.stand-in"
 PROJECT_PREFIX = "sensor-sd-live-"
 DEBIAN_SUITES = {"bullseye", "bookworm", "trixie", "forky", "sid", "oldstable", "stable", "testing", "unstable"}
-# What a run may fall back to when the persistent cache is not writable.
+# Overrides the data-root of a daemon started here (default: the user cache directory).
 CACHE_ENV = "SENSOR_SD_DOCKER_ROOT"
 
 
