@@ -9,7 +9,7 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale fuzz soak screenshot clean
+.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
@@ -34,7 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,lint]'
 	touch $@
 
-# Installs the real Prometheus/Alertmanager, victoria-metrics (vmagent, vmalert) and wrk, chromium for tests when missing.
+# Installs the real Prometheus/Alertmanager, victoria-metrics (vmagent, vmalert) and, for tests, wrk, chromium,
+# Docker's engine, iptables and mmdebstrap (the live deployment tests) when missing.
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -44,6 +45,9 @@ system-deps:
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	[ -x /usr/bin/time ] || missing="$$missing time"; \
 	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
@@ -58,6 +62,11 @@ bench-quick: deps
 # Scale-out figures (many stores, CPU at 1,000 stores, sensors per scraper) -> docs/scaling.md.
 bench-scale: deps
 	$(PY) bench/scale.py
+
+# Image build time and size, time to healthy, memory per container: the compose stack under Docker
+# (figures written into docs/deployment.md).
+bench-container: deps
+	$(PY) bench/container.py
 
 fuzz: venv
 	$(PY) -m pytest -q tests/fuzz -m slow -p no:cacheprovider --hypothesis-profile=long
