@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -589,6 +590,39 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class RunLock:
+    """One `make run` per data directory: an flock on `stack.lock`, which names the holder's pid.
+
+    The kernel drops the lock when the holder exits, however it exits, so a
+    stale file never blocks; the file itself is left in place (deleting it
+    would race with the next runner opening it).
+    """
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def acquire(cls, workdir: Path) -> RunLock:
+        """The lock, or StackError naming the runner that holds it."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "stack.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StackError(f"another local stack (pid {holder}) is running in {workdir}; stop it first "
+                             "(Ctrl-C in its terminal) or give this one another --data-dir and ports") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
 class _Interrupted(Exception):
     """Ctrl-C/SIGTERM while starting: unwinds the start so everything begun is stopped."""
 
@@ -614,11 +648,33 @@ def main(argv: list[str] | None = None) -> int:
     # One Python process plays every sensor: 10k sensors every 5 s would be 2000 proxied scrapes a second.
     interval = args.scrape_interval or ("5s" if args.sensors <= 1000 else "30s")
     workdir = args.data_dir.resolve()
-    fast = (rules_with_for(workdir / "rules" / f"for-{args.alert_for}.rules.yml", args.alert_for),) if args.alert_for else ()
+    fast = (workdir / "rules" / f"for-{args.alert_for}.rules.yml",) if args.alert_for else ()
     cfg = StackConfig(workdir, ports, sensors=args.sensors, update_interval=args.update_interval,
                       scrape_interval=interval, evaluation_interval=interval, extra_rule_files=fast,
                       shipped_rules=not fast, inventory_args=inventory_args, http_sd=args.http_sd)
+    # Nothing in the data directory is written or deleted before this runner
+    # holds its lock and every port is free: a second `make run` leaves a
+    # running stack alone.
+    try:
+        lock = RunLock.acquire(workdir)
+    except StackError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(args, cfg)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: StackConfig) -> int:
     stack = Stack(cfg)
+    try:
+        stack.check_ports(PARTS)
+    except StackError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 1
+    if args.alert_for:
+        rules_with_for(cfg.extra_rule_files[0], args.alert_for)
     run = _Run()
     previous = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     started, started_unix = time.monotonic(), time.time()
