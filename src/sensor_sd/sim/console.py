@@ -38,7 +38,7 @@ section{border:1px solid #8884;border-radius:.5rem;padding:.75rem 1rem;margin:1r
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.2rem .6rem .2rem 0;vertical-align:top;
 overflow-wrap:anywhere}th{color:var(--mute);font-weight:400}tr{border-bottom:1px solid #8882}
 code{font-size:.85em;overflow-wrap:anywhere}
-.badge{display:inline-block;border-radius:1rem;padding:0 .6rem;font-size:.85rem;color:#fff}
+.badge{display:inline-block;border-radius:1rem;padding:0 .6rem;font-size:.85rem;color:#fff;white-space:nowrap}
 .up,.inactive{background:var(--ok)}.down,.firing,.active{background:var(--bad)}
 .pending,.suppressed,.unknown,.unprocessed{background:var(--warn)}.error{color:var(--bad)}
 """
@@ -144,10 +144,14 @@ def _alertmanager_alerts(answer: Answer) -> str:
     if not alerts:
         return '<p id="alertmanager-alerts-none">None received (an alert arrives once it fires, after its for:).</p>'
 
+    names = {a.get("fingerprint"): a["labels"].get("alertname", "") for a in alerts}
+
     def why(a: dict[str, Any]) -> str:
+        """Which alert inhibits it (Alertmanager gives a fingerprint; the alert is in the same list), or silenced."""
         status = a.get("status", {})
-        by = [*status.get("inhibitedBy", []), *status.get("silencedBy", [])]
-        return f'<span class="mute">by {e(", ".join(by))}</span>' if by else ""
+        by = [f"inhibited by {names.get(fp) or fp}" for fp in status.get("inhibitedBy", [])]
+        by += [f"silenced ({sid})" for sid in status.get("silencedBy", [])]
+        return f'<span class="mute">{e(", ".join(by))}</span>' if by else ""
 
     rows = "".join(f"<tr><td>{_badge(a.get('status', {}).get('state', 'unknown'))} {why(a)}</td>"
                    f"<td>{e(a['labels'].get('alertname', ''))}</td><td>{_labels(a['labels'])}</td>"
@@ -159,7 +163,7 @@ def _alertmanager_alerts(answer: Answer) -> str:
 
 def render(now: float, targets: Answer, prometheus_alerts: Answer, alertmanager_alerts: Answer,
            links: Sequence[Link]) -> bytes:
-    nav = "".join(f'<a href="{e(link.url)}">{e(link.label)}</a>' for link in links)
+    nav = "\n".join(f'<a href="{e(link.url)}">{e(link.label)}</a>' for link in links)
     shown = time.strftime("%H:%M:%S UTC", time.gmtime(now))
     body = (
         "<!doctype html>\n"
