@@ -75,7 +75,7 @@ soak: deps
 	$(PY) tests/chaos/soak.py
 
 screenshot: deps
-	SENSOR_SD_SCREENSHOT_DIR=docs $(PY) -m pytest -q tests/integration/test_status_browser.py
+	SENSOR_SD_SCREENSHOT_DIR=docs $(PY) -m pytest -q tests/integration/test_status_browser.py tests/integration/test_stack_pages_browser.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

@@ -2,12 +2,15 @@
 """sensor-sd benchmarks: sync cost, idle cost, http_sd serving, propagation, profile.
 
     make bench         # full: up to 1M hosts, writes docs/BENCHMARKS.md
-    make bench-quick   # up to 100k hosts, shorter windows (< 2 minutes), writes docs/BENCHMARKS.md
-    python bench/run.py --smoke   # seconds: every code path at tiny sizes, writes nothing in docs/
+    make bench-quick   # up to 100k hosts, shorter windows (< 2 minutes), writes bench/out/BENCHMARKS-quick.md
+    python bench/run.py --smoke   # seconds: every code path at tiny sizes, writes nothing
+
+Only the full plan writes the tracked docs/BENCHMARKS.md: quick figures are
+for a look while working and stay under bench/out/ (git-ignored).
 
 Baselines run in the same run on the same machine: the seed design
-(../shared/baseline/seed_sd.py), an in-process floor, and prometheus-http-sd
-(installed into its own venv under bench/out/ on first use).
+(bench/seed_design.py, re-implemented here), an in-process floor, and
+prometheus-http-sd (installed into its own venv under bench/out/ on first use).
 """
 
 from __future__ import annotations
@@ -205,13 +208,19 @@ def _profile_text(res: dict[str, Any]) -> str:
     ])
 
 
+def doc_path(plan: Plan) -> Path | None:
+    """Where a plan's report goes by default: docs/ for the full plan only, nowhere for the smoke plan."""
+    return {"full": REPO / "docs" / "BENCHMARKS.md", "quick": OUT / "BENCHMARKS-quick.md"}.get(plan.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="up to 100k hosts, short windows (< 2 minutes)")
     g.add_argument("--smoke", action="store_true", help="seconds: every code path at tiny sizes, no doc written")
     p.add_argument("--only", default="sync,idle,http,prop", help="comma-separated sections (default: all)")
-    p.add_argument("--doc", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    p.add_argument("--doc", type=Path, default=None,
+                   help="report file (default: docs/BENCHMARKS.md for the full plan, bench/out/ for the quick one)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default bench/out/<plan>)")
     args = p.parse_args(argv)
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
@@ -252,11 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         print(tab.text(), end="\n\n")
     elapsed = time.monotonic() - t0
     print(f"done in {elapsed:.0f} s", flush=True)
-    if plan.name != "smoke":
+    doc = args.doc or doc_path(plan)
+    if plan.name != "smoke" and doc is not None:
         command = "make bench" if plan.name == "full" else "make bench-quick"
-        args.doc.parent.mkdir(parents=True, exist_ok=True)
-        args.doc.write_text(_doc(plan, res, facts, started, elapsed, command))
-        print(f"wrote {rel(args.doc)}", flush=True)
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(_doc(plan, res, facts, started, elapsed, command))
+        print(f"wrote {rel(doc)}", flush=True)
     return 0
 
 

@@ -24,13 +24,12 @@ def _inproc(mode: str, url: str, target: Path, arg: str, timeout: float = 600) -
 def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) -> dict[str, Any]:
     wall = Table("Sync cost: wall time in seconds (min / median of %d runs)" % runs,
                  ["hosts", "sensor-sd once, first sync", "once, file exists (+10/-5)", "daemon steady sync (+10/-5)",
-                  "seed_sd.py (whole process)", "floor in-process (durable write)", "floor, no fsync",
+                  "seed design (whole process)", "floor in-process (durable write)", "floor, no fsync",
                   "daemon ÷ floor", "seed ÷ daemon"])
     rss = Table("Sync cost: peak RSS in MiB (max of the runs)",
                 ["hosts", "once, first sync", "once, file exists", "daemon (whole life: start + syncs)",
-                 "seed_sd.py", "floor process"])
+                 "seed design", "floor process"])
     results: dict[str, Any] = {"sizes": {}}
-    seed_ok = SEED.is_file()
     for n in sizes:
         label = size_label(n)
         d = workdir / f"sync-{label}"
@@ -56,13 +55,12 @@ def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) ->
                 exist.append(w)
                 exist_rss.append(r)
             seed, seed_rss = [], []
-            if seed_ok:
-                for _ in range(runs):
-                    w, r, rc, err = run_measured([PY, str(SEED), inv.url, str(d / "seed.json")])
-                    if rc != 0:
-                        raise RuntimeError(f"seed_sd.py exited {rc}: {err}")
-                    seed.append(w)
-                    seed_rss.append(r)
+            for _ in range(runs):
+                w, r, rc, err = run_measured([PY, str(SEED), inv.url, str(d / "seed.json")])
+                if rc != 0:
+                    raise RuntimeError(f"{SEED.name} exited {rc}: {err}")
+                seed.append(w)
+                seed_rss.append(r)
             daemon = _inproc("daemon", inv.url, d / "daemon.json", str(runs))
             floor = _inproc("floor", inv.url, d / "floor.json", str(runs))
             if profile_size == n:
@@ -72,15 +70,14 @@ def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) ->
             inv.stop()
         mm = {k: min_med(v) for k, v in {"first": first, "exist": exist, "daemon": daemon["total"],
                                           "floor": floor["total"], "floor_nofsync": floor["no_fsync"],
-                                          **({"seed": seed} if seed else {})}.items()}
+                                          "seed": seed}.items()}
         ratio_floor = mm["daemon"][1] / mm["floor"][1]
-        ratio_seed = mm["seed"][1] / mm["daemon"][1] if seed else None
-        wall.add(label, *(f"{fmt2(mm[k])}" if k in mm else "—" for k in ("first", "exist", "daemon", "seed",
-                                                                          "floor", "floor_nofsync")),
-                 f"{ratio_floor:.2f}×", f"{ratio_seed:.1f}×" if ratio_seed else "—")
+        ratio_seed = mm["seed"][1] / mm["daemon"][1]
+        wall.add(label, *(f"{fmt2(mm[k])}" for k in ("first", "exist", "daemon", "seed", "floor", "floor_nofsync")),
+                 f"{ratio_floor:.2f}×", f"{ratio_seed:.1f}×")
         mib = lambda kib: kib / 1024  # noqa: E731
-        rss.add(label, mib(max(first_rss)), mib(max(exist_rss)), mib(daemon["peak_kib"]),
-                mib(max(seed_rss)) if seed_rss else None, mib(floor["peak_kib"]))
+        rss.add(label, mib(max(first_rss)), mib(max(exist_rss)), mib(daemon["peak_kib"]), mib(max(seed_rss)),
+                mib(floor["peak_kib"]))
         results["sizes"][n] = {"mm": mm, "ratio_floor": ratio_floor, "ratio_seed": ratio_seed,
                                "first_rss_mib": mib(max(first_rss)), "exist_rss_mib": mib(max(exist_rss)),
                                "daemon_rss_mib": mib(daemon["peak_kib"]),
@@ -94,10 +91,12 @@ def run(sizes: list[int], runs: int, workdir: Path, profile_size: int | None) ->
         "(fetch, validate, diff, drop guard, render, etag, durable atomic write).",
         "`floor` is urllib fetch + orjson parse + port appended + orjson render + write in one process, with no "
         "validation, sort, dedup or diff; `durable write` adds the fsync of file and directory that the contract "
-        "requires of sensor-sd (and that seed_sd.py skips).",
-        "Ratios use medians." + ("" if seed_ok else f" seed_sd.py not found at {rel(SEED)}: seed columns empty."),
+        f"requires of sensor-sd (and that {SEED.name} skips).",
+        f"`{rel(SEED)}` is the seed design re-implemented in this repository (requests + urllib3 Retry, "
+        "`response.json()`, `json.dump(indent=2)`, `os.replace`, no fsync), run as a whole process.",
+        "Ratios use medians.",
     ]
-    rss.notes.append("MiB throughout (the goals' MB read as MiB). Peak RSS of `once` and seed_sd.py from GNU time's %M; of the "
+    rss.notes.append("MiB throughout (the goals' MB read as MiB). Peak RSS of `once` and the seed design from GNU time's %M; of the "
                      "in-process children from their own VmHWM (/proc/self/status). The daemon figure covers its "
                      "first full sync and the steady syncs.")
     results["tables"] = [wall, rss]

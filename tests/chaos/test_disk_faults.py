@@ -7,8 +7,11 @@ the SD stays healthy and ready, and the next poll after the fault clears
 writes the current targets.
 
 Permissions only mean something for a non-root process, and CI runs as root:
-the read-only case runs the SD as `nobody` through `setpriv` when the tests
-run as root (as the current user otherwise).
+the read-only case runs the SD as `nobody` when the tests run as root (as the
+current user otherwise). The child imports sensor-sd as root, then drops to
+`nobody` before it reads any setting or touches the targets file: the clone
+and its virtualenv may sit where `nobody` cannot read (a 0700 home
+directory), yet every file operation under test runs without privileges.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,13 +98,15 @@ class Env:
         port = free_port()
         env = {**self.stack.sd_env(), "TARGETS_FILE": str(self.file), "LISTEN_ADDRESS": f"{LOOPBACK}:{port}",
                "UPDATE_INTERVAL": "0.2", "LOG_LEVEL": "warning"}
-        prefix: list[str] = []
+        argv = sensor_sd_argv("run")
         if as_nobody and os.geteuid() == 0:
-            prefix = [_setpriv(), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        proc = spawn(f"sensor-sd-{port}", [*prefix, *sensor_sd_argv("run")], self.stack.logdir, env)
+            argv = [sys.executable, "-c", AS_NOBODY, str(NOBODY), "run"]
+        proc = spawn(f"sensor-sd-{port}", argv, self.stack.logdir, env)
         sd = SD(proc, port)
         wait_until(lambda: proc.popen.poll() is not None or http_ok(sd.url("/-/ready")), 30, "sensor-sd ready")
         assert proc.alive(), proc.tail()
+        if as_nobody and os.geteuid() == 0:
+            assert _ids(proc.popen.pid) == {NOBODY}, "sensor-sd must run with no root uid or gid left"
         return sd
 
     def once(self) -> None:
@@ -109,10 +115,29 @@ class Env:
         assert proc.popen.wait(30) == 0, proc.tail()
 
 
-def _setpriv() -> str:
-    path = shutil.which("setpriv")
-    assert path, "setpriv (util-linux) is needed to run sensor-sd as nobody"
-    return path
+# Imports every sensor_sd module (and the thread pool asyncio.to_thread loads lazily) as root, then drops
+# uid, gid and supplementary groups for good before sensor-sd's main runs.
+AS_NOBODY = """
+import concurrent.futures.thread, importlib, os, pkgutil, sys
+import sensor_sd, sensor_sd.cli
+for mod in pkgutil.walk_packages(sensor_sd.__path__, "sensor_sd."):
+    if not mod.name.endswith("__main__"):  # that one would run the CLI on import
+        importlib.import_module(mod.name)
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)
+raise SystemExit(sensor_sd.cli.main(sys.argv[2:]))
+"""
+
+
+def _ids(pid: int) -> set[int]:
+    """Every real, effective, saved and filesystem uid and gid of a process (/proc/PID/status)."""
+    ids: set[int] = set()
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("Uid:", "Gid:")):
+            ids.update(int(x) for x in line.split()[1:])
+    return ids
 
 
 @pytest.fixture

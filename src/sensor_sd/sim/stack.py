@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -31,9 +32,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from sensor_sd.sim.console import Console, Link
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
@@ -213,19 +216,20 @@ class Ports:
     sd: int = 8080
     prometheus: int = 9090
     alertmanager: int = 9093
+    console: int = 9095  # make run's page over Prometheus' and Alertmanager's APIs (sim/console.py), not a process
 
     @classmethod
     def ephemeral(cls) -> Ports:
-        """Five distinct free ports: all sockets are held open together so the kernel cannot hand one out twice."""
+        """Distinct free ports: all sockets are held open together so the kernel cannot hand one out twice."""
         with contextlib.ExitStack() as held:
-            socks = [held.enter_context(socket.socket()) for _ in range(5)]
+            socks = [held.enter_context(socket.socket()) for _ in fields(cls)]
             for sock in socks:
                 sock.bind((LOOPBACK, 0))
             return cls(*(int(sock.getsockname()[1]) for sock in socks))
 
     def items(self) -> list[tuple[str, int]]:
-        """(part, port) pairs, in start order."""
-        return [(part, getattr(self, part)) for part in PARTS]
+        """(part, port) pairs, in start order, then the console's."""
+        return [(part, getattr(self, part)) for part in (*PARTS, "console")]
 
 
 @dataclass
@@ -586,10 +590,43 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--measure", type=float, metavar="SECONDS", default=None,
                    help="print startup time and Prometheus memory as JSON, again after SECONDS, then stop")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all sensors up (default 300)")
-    for part in ("inventory", "fleet", "sd", "prometheus", "alertmanager"):
+    for part in ("inventory", "fleet", "sd", "prometheus", "alertmanager", "console"):
         p.add_argument(f"--{part}-port", type=int, default=int(os.environ.get(f"{part.upper()}_PORT", getattr(d, part))),
                        help=f"default {getattr(d, part)}, or ${part.upper()}_PORT")
     return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class RunLock:
+    """One `make run` per data directory: an flock on `stack.lock`, which names the holder's pid.
+
+    The kernel drops the lock when the holder exits, however it exits, so a
+    stale file never blocks; the file itself is left in place (deleting it
+    would race with the next runner opening it).
+    """
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def acquire(cls, workdir: Path) -> RunLock:
+        """The lock, or StackError naming the runner that holds it."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "stack.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StackError(f"another local stack (pid {holder}) is running in {workdir}; stop it first "
+                             "(Ctrl-C in its terminal) or give this one another --data-dir and ports") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        os.close(self.fd)
 
 
 class _Interrupted(Exception):
@@ -612,26 +649,51 @@ class _Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    ports = Ports(args.inventory_port, args.fleet_port, args.sd_port, args.prometheus_port, args.alertmanager_port)
+    ports = Ports(args.inventory_port, args.fleet_port, args.sd_port, args.prometheus_port, args.alertmanager_port,
+                  args.console_port)
     inventory_args = ("--churn-add", "3", "--churn-remove", "2", "--churn-every", "20") if args.churn else ()
     # One Python process plays every sensor: 10k sensors every 5 s would be 2000 proxied scrapes a second.
     interval = args.scrape_interval or ("5s" if args.sensors <= 1000 else "30s")
     workdir = args.data_dir.resolve()
-    fast = (rules_with_for(workdir / "rules" / f"for-{args.alert_for}.rules.yml", args.alert_for),) if args.alert_for else ()
+    fast = (workdir / "rules" / f"for-{args.alert_for}.rules.yml",) if args.alert_for else ()
     cfg = StackConfig(workdir, ports, sensors=args.sensors, update_interval=args.update_interval,
                       scrape_interval=interval, evaluation_interval=interval, extra_rule_files=fast,
                       shipped_rules=not fast, inventory_args=inventory_args, http_sd=args.http_sd,
                       sd_env={"DROP_HOLD": DEMO_DROP_HOLD})
+    # Nothing in the data directory is written or deleted before this runner
+    # holds its lock and every port is free: a second `make run` leaves a
+    # running stack alone.
+    try:
+        lock = RunLock.acquire(workdir)
+    except StackError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(args, cfg)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: StackConfig) -> int:
     stack = Stack(cfg)
+    try:
+        stack.check_ports((*PARTS, "console"))
+    except StackError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 1
+    if args.alert_for:
+        rules_with_for(cfg.extra_rule_files[0], args.alert_for)
     run = _Run()
     previous = {sig: signal.signal(sig, run.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     started, started_unix = time.monotonic(), time.time()
+    console: Console | None = None
     try:
         print(f"starting the local stack in {cfg.workdir} (logs in {stack.logdir}) ...", flush=True)
         # The inventory simulator starts afresh each run: a targets file left by
         # an earlier run describes another fleet (and would trip the drop guard).
         cfg.targets_file.unlink(missing_ok=True)
         stack.start()
+        console = start_console(stack)
         wait_until(lambda: stack.all_sensors_up(args.sensors, started_unix), args.timeout,
                    f"{args.sensors} sensors up in Prometheus", 0.5)
         run.starting = False
@@ -652,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         run.starting = False
+        if console is not None:
+            console.stop()
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -678,17 +742,46 @@ def _measure(stack: Stack, sensors: int, elapsed: float, window: float, run: _Ru
     return 0
 
 
+def links(stack: Stack) -> list[Link]:
+    """The pages of the local stack, for the banner and the console.
+
+    Debian's Prometheus serves only its classic UI (under /classic/; /targets
+    is a 404) and Debian's Alertmanager no UI at all, hence the console and
+    Alertmanager's API.
+    """
+    return [Link("console", stack.url("console", "/")),
+            Link("Prometheus targets", stack.url("prometheus", "/classic/targets")),
+            Link("Prometheus alerts", stack.url("prometheus", "/classic/alerts")),
+            Link("Prometheus query", stack.url("prometheus", "/classic/graph?g0.expr=up&g0.tab=1")),
+            Link("Alertmanager alerts", stack.url("alertmanager", "/api/v2/alerts")),
+            Link("sensor-sd status", stack.url("sd", "/")),
+            Link("sensor-sd http_sd", stack.url("sd", "/targets")),
+            Link("inventory", stack.url("inventory", "/inventory")),
+            Link("inventory admin", stack.url("inventory", "/admin/state")),
+            Link("fleet admin", stack.url("fleet", "/admin/state"))]
+
+
+def start_console(stack: Stack) -> Console:
+    """The console page on the stack's console port, served by this process."""
+    try:
+        return Console(LOOPBACK, stack.cfg.ports.console, stack.url("prometheus"), stack.url("alertmanager"),
+                       [link for link in links(stack) if link.label != "console"]).start()
+    except OSError as exc:
+        raise StackError(f"console port {stack.cfg.ports.console}: {exc.strerror or exc}") from None
+
+
+_NOTES = {"console": "targets and alerts on one page",
+          "Alertmanager alerts": "JSON: Debian's Alertmanager has no UI; the console shows them"}
+
+
 def _banner(stack: Stack, elapsed: float) -> str:
     down = ("curl -X PUT -d '{\"sensors\": [\"sensor_1\", \"sensor_2\", \"sensor_3\"]}' "
             + stack.url("fleet", "/admin/down"))
+    pages = [f"  {link.label:<20}{link.url}" + (f"  ({_NOTES[link.label]})" if link.label in _NOTES else "")
+             for link in links(stack)]
     return "\n".join([
         f"local stack is up ({elapsed:.1f}s from start to all {stack.cfg.sensors} sensors up in Prometheus).",
-        f"  Prometheus        {stack.url('prometheus', '/targets')}",
-        f"  Alertmanager      {stack.url('alertmanager')}",
-        f"  sensor-sd status  {stack.url('sd', '/')}",
-        f"  sensor-sd http_sd {stack.url('sd', '/targets')}",
-        f"  inventory         {stack.url('inventory', '/inventory')}  (admin: /admin/state)",
-        f"  fleet (proxy)     {stack.url('fleet', '/admin/state')}",
+        *pages,
         f"Take sensors down:  {down}",
         "More in docs/local-stack.md. Ctrl-C stops everything.",
     ])
