@@ -14,7 +14,7 @@ import itertools
 import operator
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -236,16 +236,64 @@ def sorted_unique(targets: list[str]) -> tuple[str, ...]:
 
 
 def _short(entry: object, limit: int = 80) -> str:
-    text = entry if isinstance(entry, str) else orjson.dumps(entry, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode("utf-8", "replace") if _jsonable(entry) else repr(entry)
-    return text[:limit]
+    """A log preview of an entry: at most `limit` characters, built without recursion.
+
+    An entry may be nested ~1,000 levels deep (the JSON parser's own limit);
+    `repr` or a recursive encoder would raise RecursionError on it, so the
+    preview walks the value with an explicit stack and stops at the limit.
+    """
+    if isinstance(entry, str):
+        return entry[:limit]
+    parts: list[str] = [f"{type(entry).__name__} "]
+    size = len(parts[0])
+    for token in _tokens(entry):
+        parts.append(token)
+        size += len(token)
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
 
 
-def _jsonable(entry: object) -> bool:
-    try:
-        orjson.dumps(entry)
-    except TypeError:
-        return False
-    return True
+def _tokens(value: object) -> Iterator[str]:
+    """JSON-like text of a parsed value, token by token, depth-first with an explicit stack (no recursion)."""
+    stack: list[tuple[Iterator[object], str]] = [(iter((value,)), "")]
+    first = True
+    while stack:
+        items, close = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+            first = False
+            yield close
+            continue
+        if not first and close:
+            yield ","
+        first = False
+        if isinstance(item, tuple):  # a (key, value) pair of a dict
+            yield _scalar(item[0]) + ":"
+            item = item[1]
+        if isinstance(item, list):
+            yield "["
+            stack.append((iter(item), "]"))
+            first = True
+        elif isinstance(item, dict):
+            yield "{"
+            stack.append((iter(item.items()), "}"))
+            first = True
+        else:
+            yield _scalar(item)
+
+
+_END = object()
+
+
+def _scalar(value: object) -> str:
+    """A JSON scalar as text, bounded: long strings are cut before they are encoded."""
+    if isinstance(value, str):
+        return orjson.dumps(value[:40]).decode()
+    if value is None or isinstance(value, (bool, int, float)):
+        return orjson.dumps(value).decode() if not isinstance(value, int) or abs(value) < 2**64 else "<int>"
+    return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True, slots=True)
