@@ -12,8 +12,8 @@ from sensor_sd.sync import diff
 from sensor_sd.targets import validate, validate_body
 
 # Mostly hostname characters so the fast path is taken often; the rest makes it bail out.
-names = st.text(alphabet=st.sampled_from("ab9_-.:\"\\é \n"), max_size=12)
-hostnames = st.from_regex(r"[a-z0-9_][a-z0-9_.-]{0,15}", fullmatch=True)
+names = st.text(alphabet=st.sampled_from("aB9_-.:\"\\é \n"), max_size=12)
+hostnames = st.from_regex(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,15}", fullmatch=True)
 entries = st.lists(st.one_of(hostnames, names, st.integers(-1000, 1000)), max_size=40)
 
 
@@ -45,7 +45,7 @@ def test_body_fast_path_takes_bare_hostname_lists(values: list[str]) -> None:
         expected = validate(values, 9100)
         box = [body]
         got = validate_body(box, 9100)
-        if not expected.invalid:
+        if not expected.invalid and not any(v.endswith(".") for v in values):  # a trailing dot: rare, full path
             assert got == expected
         else:
             assert got is None or got == expected

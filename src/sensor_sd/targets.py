@@ -19,62 +19,85 @@ from dataclasses import dataclass, field
 
 import orjson
 
-MAX_ENTRY_LENGTH = 253
+MAX_ENTRY_LENGTH = 253  # of the host, without its port and its trailing dot (the DNS limit)
+_MAX_WITH_PORT = MAX_ENTRY_LENGTH + len(".:65535")  # no valid entry is longer than this
 
 # A DNS-ish hostname label; `_` is allowed because the real sensors use it.
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_HOST_PORT_RE = re.compile(rf"({_LABEL}(?:\.{_LABEL})*\.?)(?::([0-9]{{1,5}}))?")
+_HOST_PORT_RE = re.compile(rf"({_LABEL}(?:\.{_LABEL})*)\.?(?::([0-9]{{1,5}}))?")
 _SPACE_RE = re.compile(r"[\s\x00-\x1f\x7f\x80-\x9f\u200b\u2028\u2029\ufeff]")
+_HOST_END_RE = re.compile(r"\.?(?::[0-9]{0,5})?\Z")  # where the host of "host[.][:port]" ends
 
 # The reasons an entry is dropped; stable words used as metric label values.
-REASONS = ("not_string", "empty", "too_long", "whitespace", "scheme", "userinfo", "path", "bad_port", "bad_host")
+REASONS = ("not_string", "empty", "too_long", "whitespace", "scheme", "userinfo", "path", "bad_port", "bad_host",
+           "ipv6_zone")
 
 
 def normalize(entry: object, default_port: int) -> tuple[str | None, str | None]:
-    """Return (target, None) for a valid entry, (None, reason) for an invalid one."""
+    """Return (target, None) for a valid entry, (None, reason) for an invalid one.
+
+    The target is the entry's one canonical form, so the same sensor spelled
+    two ways is one target: DNS names in lower case (they are
+    case-insensitive) without the trailing dot, IPv6 literals in RFC 5952
+    form inside brackets, and always a port.
+    """
     if type(entry) is not str:
         return None, "not_string"
     if not entry:
         return None, "empty"
-    if len(entry) > MAX_ENTRY_LENGTH:
+    if len(entry) > MAX_ENTRY_LENGTH and (
+            len(entry) > _MAX_WITH_PORT or _HOST_END_RE.search(entry).start() > MAX_ENTRY_LENGTH):  # type: ignore[union-attr]
         return None, "too_long"
     m = _HOST_PORT_RE.fullmatch(entry)
     if m is not None:  # the common case: host or host:port
-        port = m.group(2)
+        host, port = m.groups()
         if port is None:
-            return f"{entry}:{default_port}", None
-        return (entry, None) if _valid_port(port) else (None, "bad_port")
-    return None, _reason(entry, default_port)
+            return f"{host.lower()}:{default_port}", None
+        return (f"{host.lower()}:{port}", None) if _valid_port(port) else (None, "bad_port")
+    return _slow(entry, default_port)
 
 
 def _valid_port(text: str) -> bool:
     return 1 <= int(text) <= 65535 and not (len(text) > 1 and text[0] == "0")
 
 
-def _reason(entry: str, default_port: int) -> str | None:
-    """Classify why an entry failed the fast path (or accept bracketed IPv6)."""
+def _slow(entry: str, default_port: int) -> tuple[str | None, str | None]:
+    """Classify why an entry failed the fast path, or accept a bracketed IPv6 literal."""
     if _SPACE_RE.search(entry):
-        return "whitespace"
+        return None, "whitespace"
     if "://" in entry:
-        return "scheme"
+        return None, "scheme"
     if "@" in entry:
-        return "userinfo"
+        return None, "userinfo"
     if any(c in entry for c in "/?#\\"):
-        return "path"
+        return None, "path"
     if entry.startswith("["):
-        addr, _, rest = entry[1:].partition("]")
+        addr, sep, rest = entry[1:].partition("]")
+        if not sep:
+            return None, "bad_host"
+        if "%" in addr:  # a zone (`fe80::1%eth0`) names an interface of one machine: meaningless to Prometheus
+            return None, "ipv6_zone"
         try:
-            ipaddress.IPv6Address(addr)
+            ip = ipaddress.IPv6Address(addr)
         except ValueError:
-            return "bad_host"
-        if rest == "" or (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit() and len(rest) <= 6 and _valid_port(rest[1:])):
-            return None
-        return "bad_port"
+            return None, "bad_host"
+        if rest == "":
+            return f"[{ipv6_text(ip)}]:{default_port}", None
+        port = rest[1:]
+        if rest.startswith(":") and port.isascii() and port.isdigit() and len(port) <= 5 and _valid_port(port):
+            return f"[{ipv6_text(ip)}]:{port}", None
+        return None, "bad_port"
     host, sep, port = entry.rpartition(":")
     if sep and _HOST_RE.fullmatch(host):
-        return "bad_port"
-    return "bad_host"
+        return None, "bad_port"
+    return None, "bad_host"
+
+
+def ipv6_text(ip: ipaddress.IPv6Address) -> str:
+    """RFC 5952 text: lower case, longest zero run compressed; IPv4-mapped addresses end in dotted quad (§5)."""
+    mapped = ip.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else ip.compressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +119,6 @@ def validate(entries: Sequence[object], default_port: int) -> Validated:
     examples: list[tuple[str, str]] = []
     for entry in entries:
         target, reason = normalize(entry, default_port)
-        if target is None and reason is None:  # bracketed IPv6 without a port
-            target = entry if "]:" in entry else f"{entry}:{default_port}"  # type: ignore[operator]
         if target is not None:
             valid.append(target)
             continue
@@ -134,9 +155,10 @@ def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
         or _invalid_joined(text)
         or longest > MAX_ENTRY_LENGTH
         or (longest > 63 and _LONG_LABEL_RE.search(text))  # a label over 63 chars is possible only then
+        or _trailing_dot(text)
     ):
         return None
-    targets = text.split("\n")
+    targets = text.lower().split("\n")  # ASCII only here: lower() keeps every length
     targets[-1] += suffix
     return targets
 
@@ -169,6 +191,11 @@ def _invalid_joined(text: str) -> bool:
         or (dot and any(seq in text for seq in _BAD_WITH_DOT))
         or (dash and dot and any(seq in text for seq in _BAD_WITH_BOTH))
     )
+
+
+def _trailing_dot(text: str) -> bool:
+    """True when an entry of "host:port\nhost" ends in '.': rare, left to `normalize`, which drops the dot."""
+    return ".:" in text or text.endswith(".")
 
 
 # Every byte a label may hold mapped to "a": a run of 64 of them is a label over 63 characters.
@@ -214,12 +241,12 @@ def validate_body(box: list[bytes], default_port: int) -> Validated | None:
     suffix = f":{default_port}"
     # One replace turns 'a","b' into 'a:9100\nb'; the last entry gets its suffix after the split.
     text = str(memoryview(body)[start + 2:end - 2], "ascii").replace(sep.decode(), suffix + "\n")
-    if _invalid_joined(text):
+    if _invalid_joined(text) or _trailing_dot(text):
         box.append(body)
         return None
     del body
     dotted = "." in text  # without dots an entry is one label, at most 63 characters (checked above)
-    targets = text.split("\n")
+    targets = text.lower().split("\n")  # ASCII only here: lower() keeps every length
     del text
     targets[-1] += suffix
     if dotted and max(map(len, targets)) - len(suffix) > MAX_ENTRY_LENGTH:
