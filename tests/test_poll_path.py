@@ -133,3 +133,41 @@ def test_a_deeply_nested_entry_is_dropped_and_the_daemon_keeps_serving(
         assert done.returncode == 0, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
         assert all(len(line) < 1000 for line in done.stderr.splitlines())
+
+
+def test_a_loaded_targets_file_is_validated_like_a_poll(
+        raw_inventory: tuple[str, Answer], tmp_path: Path, daemon: list[subprocess.Popen[str]]) -> None:
+    """Inventory down at start: /targets serves only the valid entries of the file, in canonical form."""
+    url, answer = raw_inventory
+    answer.status, answer.body = 503, b"down"
+    labels = {"__metrics_path__": "/metrics", "source": "inv"}
+    entries = ["sensor_1:9100", "bad host:9100", "http://x", "", "Sensor_1.:9100", "[2001:DB8::A]:9100",
+               "[fe80::1%eth0]:9100", "sensor_2:9100"]
+    (tmp_path / "t.json").write_text(json.dumps([{"targets": entries, "labels": labels}]))
+    proc, base = start(sd_env(url, tmp_path), daemon, tmp_path / "run.log")
+    assert served(base) == ["[2001:db8::a]:9100", "sensor_1:9100", "sensor_2:9100"]
+    status, metrics = http_get(f"{base}/metrics")
+    for reason, count in (("whitespace", 1), ("scheme", 1), ("empty", 1), ("ipv6_zone", 1)):
+        assert f'sensor_sd_invalid_entries_total{{reason="{reason}",source="inv"}} {count}.0'.encode() in metrics
+    assert "invalid entries in the targets file dropped" in (tmp_path / "run.log").read_text()
+
+
+def test_a_body_falsely_labelled_gzip_is_a_decode_error(
+        raw_inventory: tuple[str, Answer], tmp_path: Path, daemon: list[subprocess.Popen[str]]) -> None:
+    url, answer = raw_inventory
+    env = sd_env(url, tmp_path)
+    answer.body = gzip.compress(b'["sensor_1", "sensor_2"]')
+    answer.headers = {"Content-Encoding": "gzip"}
+    proc, base = start(env, daemon, tmp_path / "run.log")
+    assert served(base) == ["sensor_1:9100", "sensor_2:9100"]
+    answer.body = b'["sensor_1"]'  # the label stays: now it lies
+    wait_until(lambda: b'sensor_sd_inventory_errors_total{reason="decode",source="inv"}' in http_get(
+        f"{base}/metrics")[1], 20, "a decode error counted")
+    _, metrics = http_get(f"{base}/metrics")
+    assert b'reason="unreachable"' not in metrics
+    assert served(base) == ["sensor_1:9100", "sensor_2:9100"]
+    proc.terminate()
+    assert proc.wait(10) == 0
+    done = sd(["once", "--summary", "always"], env)
+    assert done.returncode == 1
+    assert "inventory answer unusable" in done.stderr.splitlines()[-1]

@@ -28,9 +28,9 @@ from sensor_sd.targets import (
     Validated,
     group_labels,
     parse_file,
-    sorted_unique,
     validate,
     validate_body,
+    validate_targets,
 )
 
 RECENT_CHANGES = 20
@@ -216,14 +216,29 @@ class Discoverer:
         for group in groups:
             st = self._states.get(group.source)
             if st is not None and st.group is None:
-                # Sorted and deduplicated like a poll's targets (a file we wrote already is), as `diff` expects.
-                st.group = TargetGroup(group.source, sorted_unique(list(group.targets)), self._labels[group.source])
-                self._metrics.targets.labels(source=group.source).set(len(group.targets))
-                loaded += len(group.targets)
+                targets = self._validate_loaded(group)
+                st.group = TargetGroup(group.source, targets, self._labels[group.source])
+                self._metrics.targets.labels(source=group.source).set(len(targets))
+                loaded += len(targets)
         self._snapshot = Snapshot.build(self._groups())
         event(self._log, logging.INFO, "loaded targets file as last known good", file=str(self._file.path),
               targets=loaded)
         return True
+
+    def _validate_loaded(self, group: TargetGroup) -> tuple[str, ...]:
+        """A loaded group's targets validated like a poll's: canonical, sorted, deduplicated (as `diff` expects).
+
+        The file may be older than today's rules or edited by hand; what the
+        validation drops is counted and logged, never served.
+        """
+        validated = validate_targets(group.targets, self.settings.metrics_port)
+        for reason, count in validated.invalid.items():
+            self._metrics.invalid.labels(source=group.source, reason=reason).inc(count)
+        if validated.invalid:
+            event(self._log, logging.WARNING, "invalid entries in the targets file dropped", source=group.source,
+                  file=str(self._file.path) if self._file else "", invalid=dict(validated.invalid),
+                  examples=[f"{r}: {e}" for r, e in validated.examples])
+        return validated.targets
 
     # --- polling ---------------------------------------------------------
 

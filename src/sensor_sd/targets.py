@@ -128,6 +128,25 @@ def validate(entries: Sequence[object], default_port: int) -> Validated:
     return Validated(sorted_unique(valid), invalid, tuple(examples))
 
 
+def validate_targets(targets: Sequence[object], default_port: int) -> Validated:
+    """`validate` for published targets (`host:port`, as a targets file holds them), the same result.
+
+    A file we wrote has one port throughout: with it stripped, the hosts take
+    the C-speed path (1M targets in well under a second instead of seconds).
+    """
+    first = targets[0] if targets else None
+    if type(first) is str:
+        host, sep, port = first.rpartition(":")
+        if sep and "]" not in host and port.isascii() and port.isdigit() and _valid_port(port):
+            suffix = sep + port
+            if all(type(t) is str and t.endswith(suffix) for t in targets):
+                cut = len(suffix)
+                fast = _fast_targets([t[:-cut] for t in targets], int(port))  # type: ignore[index]
+                if fast is not None:
+                    return Validated(sorted_unique(fast), Counter(), ())
+    return validate(targets, default_port)
+
+
 # Characters of bare hostnames joined by ":port\n"; anything else takes the slow path.
 _BARE_RE = re.compile(r"[A-Za-z0-9_.:\n-]*")
 _LONG_LABEL_RE = re.compile(r"[^.:\n]{64}")
