@@ -435,3 +435,48 @@ def test_an_outage_logs_its_start_reminders_and_recovery_not_every_poll(tmp_path
         assert recovered.__dict__["failures"] == 100 and recovered.__dict__["failed_for"] == 1_000.0
 
     run(t, tmp_path)
+
+
+def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug of ours in building the snapshot: the loop and refresh go on, the previous file and snapshot stay."""
+    import sensor_sd.sync
+
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        before = (env.tmp / "targets.json").read_bytes()
+        await env.put("/admin/sensors", [f"sensor_{i}" for i in range(101)])
+
+        class Broken:
+            @staticmethod
+            def build(groups: object) -> None:
+                raise KeyError("a bug of ours")
+
+        s = env.settings(UPDATE_INTERVAL="0.01")
+        metrics = Metrics(CollectorRegistry())
+        logger, records = recording_logger("publish_fence")
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, logger)
+            d.load_file()
+            monkeypatch.setattr(sensor_sd.sync, "Snapshot", Broken)
+            [r] = await d.refresh()  # POST /-/refresh and `once` take this path
+            assert r.result == "success"
+            task = asyncio.create_task(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 20
+            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") < 5:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            assert d.snapshot is not None and d.snapshot.count == 100
+            assert (env.tmp / "targets.json").read_bytes() == before
+            assert len([rec for rec in records.records if rec.exc_info]) == 1
+            monkeypatch.undo()
+            while d.snapshot.count != 101:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert len(env.file_targets()) == 101
+
+    run(t, tmp_path)

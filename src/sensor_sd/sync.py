@@ -435,8 +435,9 @@ class Discoverer:
     async def poll_all(self, *, force: bool = False) -> list[PollResult]:
         """Poll every source concurrently, then publish once."""
         results = await asyncio.gather(*(self.poll(name, force=force) for name in self._states))
-        if any(r.result in ("success", "unchanged") for r in results):
-            await self.publish()
+        good = [self._states[r.source] for r in results if r.result in ("success", "unchanged")]
+        if good:
+            await self._publish_fenced(*good)
         return list(results)
 
     async def refresh(self) -> list[PollResult]:
@@ -460,17 +461,24 @@ class Discoverer:
             except asyncio.TimeoutError:
                 pass
 
-    async def _publish_fenced(self, st: _SourceState) -> None:
-        """`publish`, with a bug of ours in it counted and logged as an internal fault instead of ending the loop."""
+    async def _publish_fenced(self, *states: _SourceState) -> None:
+        """`publish`, with a bug of ours in it counted and logged as an internal fault instead of raising.
+
+        Counted for the sources whose polls led to it; the traceback is logged
+        once per distinct fault, like a poll's.
+        """
         try:
             await self.publish()
         except Exception as exc:  # the fence; the previous file and snapshot stay
-            self._metrics.errors.labels(source=st.source.name, reason=InternalError.reason).inc()
             signature = _fault_signature(exc)
-            if signature != st.fault_logged:
+            fresh = any(st.fault_logged != signature for st in states)
+            for st in states:
+                self._metrics.errors.labels(source=st.source.name, reason=InternalError.reason).inc()
                 st.fault_logged = signature
+            if fresh:
                 self._log.error("publishing failed with an internal error, previous targets kept",
-                                extra={"source": st.source.name, "error": _describe_fault(exc)}, exc_info=exc)
+                                extra={"sources": [st.source.name for st in states], "error": _describe_fault(exc)},
+                                exc_info=exc)
 
     def _delay(self, st: _SourceState) -> float:
         return backoff_delay(self.settings.update_interval, st.failures)
