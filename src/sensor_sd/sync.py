@@ -108,7 +108,7 @@ class _SourceState:
         self.failures = 0
         self.outage_since: float | None = None  # first failed poll of the current outage
         self.reminded: float | None = None  # last time the outage was logged
-        self.fault_logged: str | None = None  # signature of the last internal fault logged with its traceback
+        self.faults_logged: set[str] = set()  # signatures of internal faults already logged with their traceback
 
 
 _DIFF_BLOCK = 4096
@@ -360,14 +360,11 @@ class Discoverer:
         now = self._clock()
         if st.failures == 1 or st.outage_since is None:
             st.outage_since = now
-        signature = _fault_signature(fault) if fault is not None else None
-        traceback = signature is not None and signature != st.fault_logged
+        traceback = fault is not None and _first_sighting(st, fault)
         first = st.failures == 1
         if not (first or traceback or st.reminded is None or now - st.reminded >= OUTAGE_REMINDER_SECONDS):
             return
         st.reminded = now
-        if traceback:
-            st.fault_logged = signature
         known = {"kept": len(st.group.targets)} if st.group is not None else {}  # never claim what never existed
         if first:
             msg = ("inventory poll failed, keeping last known good targets" if known else
@@ -470,12 +467,10 @@ class Discoverer:
         try:
             await self.publish()
         except Exception as exc:  # the fence; the previous file and snapshot stay
-            signature = _fault_signature(exc)
-            fresh = any(st.fault_logged != signature for st in states)
+            fresh = [_first_sighting(st, exc) for st in states]  # every source records it
             for st in states:
                 self._metrics.errors.labels(source=st.source.name, reason=InternalError.reason).inc()
-                st.fault_logged = signature
-            if fresh:
+            if any(fresh):
                 self._log.error("publishing failed with an internal error, previous targets kept",
                                 extra={"sources": [st.source.name for st in states], "error": _describe_fault(exc)},
                                 exc_info=exc)
@@ -496,16 +491,26 @@ def backoff_delay(interval: float, failures: int) -> float:
     return max(cap / 10, random.uniform(0, cap))
 
 
+_FAULTS_REMEMBERED = 16  # distinct internal faults logged with a traceback per source; then the reminders only
+
+
 def _describe_fault(exc: BaseException) -> str:
-    """One bounded line for an unexpected exception (its text may be huge or multi-line)."""
-    text = " ".join(str(exc).split())[:200]
+    """One bounded line for an unexpected exception (its text may be huge, multi-line, or fail to render)."""
+    try:
+        text = " ".join(str(exc)[:1000].split())[:200]
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still a fault to report
+        text = "(no message)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _fault_signature(exc: BaseException) -> str:
-    """Type and innermost place of an exception: the same bug on every poll has one signature."""
+def _first_sighting(st: _SourceState, exc: BaseException) -> bool:
+    """True the first time this fault (type and innermost place) is seen for the source: log its traceback."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
-    return f"{type(exc).__qualname__}@{where}"
+    signature = f"{type(exc).__qualname__}@{where}"
+    if signature in st.faults_logged or len(st.faults_logged) >= _FAULTS_REMEMBERED:
+        return False
+    st.faults_logged.add(signature)
+    return True
