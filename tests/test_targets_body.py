@@ -79,7 +79,7 @@ def test_diff_across_blocks() -> None:
     assert diff(old, new) == (tuple(sorted(set(new) - set(old))), tuple(sorted(set(old) - set(new))))
 
 
-ports = st.sampled_from(["9100", "80", "1", "65535", "0", "09", "65536", "", "x"])
+ports = st.sampled_from(["9100", "80", "1", "65535", "0", "09", "65536", "", "x", "9" * 5000])
 published = st.lists(st.one_of(st.tuples(st.one_of(hostnames, names), ports).map(":".join), names,
                                st.integers(0, 9)), max_size=40)
 

@@ -132,12 +132,12 @@ def validate_targets(targets: Sequence[object], default_port: int) -> Validated:
     """`validate` for published targets (`host:port`, as a targets file holds them), the same result.
 
     A file we wrote has one port throughout: with it stripped, the hosts take
-    the C-speed path (1M targets in well under a second instead of seconds).
+    the C-speed string scans of a poll instead of one regex per target.
     """
     first = targets[0] if targets else None
     if type(first) is str:
         host, sep, port = first.rpartition(":")
-        if sep and "]" not in host and port.isascii() and port.isdigit() and _valid_port(port):
+        if sep and "]" not in host and len(port) <= 5 and port.isascii() and port.isdigit() and _valid_port(port):
             suffix = sep + port
             if all(type(t) is str and t.endswith(suffix) for t in targets):
                 cut = len(suffix)
