@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, wait_until
+from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, http_request, wait_until
 
 
 def sd(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -253,3 +253,77 @@ def test_summary_on_a_real_terminal(tmp_path: Path) -> None:
                                "targets file unchanged (7 targets); exit 1: the inventory failed")
     piped = sd(["once"], {**DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
     assert "sensor-sd once:" not in piped.stderr
+
+
+# --- files named by variables are read bounded: FIFO, device, huge file (issue 10 #5) -------------
+
+FILE_VARS = ["INVENTORY_TOKEN_FILE", "WEB_CONFIG_FILE", "INVENTORY_CA_FILE"]
+START_DEADLINE = 20.0  # seconds for a refusal; before the fix a FIFO blocked start-up for ever
+
+
+def _limit_memory() -> None:
+    """The child may not take more than 2 GiB of address space: an unbounded read fails fast, not the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+
+
+def refused_at_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env}, capture_output=True,
+                         text=True, timeout=START_DEADLINE, preexec_fn=_limit_memory)
+    assert time.monotonic() - started < START_DEADLINE
+    return out
+
+
+@pytest.mark.parametrize("variable", FILE_VARS)
+def test_a_fifo_as_a_file_variable_exits_2_at_once(variable: str, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: str(fifo)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"sensor-sd: invalid {variable}=") and "a FIFO, not a regular file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("variable", FILE_VARS)
+def test_dev_zero_as_a_file_variable_exits_2_without_reading(variable: str, tmp_path: Path) -> None:
+    """Before the fix the whole of /dev/zero was read: MemoryError (here within the 2 GiB limit) and exit 1."""
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: "/dev/zero"})
+    assert out.returncode == 2, out.stderr[-500:]
+    assert "a character device, not a regular file" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("variable", "limit"), [("INVENTORY_TOKEN_FILE", 64 * 1024), ("WEB_CONFIG_FILE", 1024 * 1024),
+                                                 ("INVENTORY_CA_FILE", 16 * 1024 * 1024)])
+def test_a_file_over_its_size_cap_exits_2(variable: str, limit: int, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * (limit + 1))
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: str(big)})
+    assert out.returncode == 2
+    assert f"{limit + 1} bytes, larger than the {limit} allowed" in out.stderr
+
+
+def test_a_token_file_swapped_for_a_fifo_fails_the_poll_not_the_daemon(inventory: Stack, tmp_path: Path) -> None:
+    """The token is re-read on every request, on the event loop: a FIFO there used to freeze the whole daemon."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    env = env_for(inventory, tmp_path, INVENTORY_TOKEN_FILE=str(token), UPDATE_INTERVAL="3600")
+    url = f"http://{env['LISTEN_ADDRESS']}"
+    proc = subprocess.Popen([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: http_ok(url + "/-/ready"), 20, "sensor-sd ready")
+        token.unlink()
+        os.mkfifo(token)
+        status, body = http_request(url + "/-/refresh", "POST", timeout=10)
+        assert status == 502 and b"cannot read INVENTORY_TOKEN_FILE: a FIFO, not a regular file" in body
+        assert http_get(url + "/targets")[0] == 200  # last known good still served
+        assert http_ok(url + "/-/healthy")
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -96,7 +96,7 @@ def test_empty_and_unreadable_token_file(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="INVENTORY_TOKEN_FILE"):
         load({"INVENTORY_TOKEN_FILE": str(empty)})
-    with pytest.raises(ConfigError, match="readable file"):
+    with pytest.raises(ConfigError, match="a readable regular file"):
         load({"INVENTORY_TOKEN_FILE": str(tmp_path)})  # a directory
 
 
@@ -237,3 +237,22 @@ def test_an_at_sign_after_the_host_is_refused() -> None:
     with pytest.raises(ConfigError, match="an @ after the host"):
         load({"INVENTORY_URL": "http://user:12/secret@host/inv"})
     assert load({"INVENTORY_URL": "http://user:s%2Fcret@host/inv"}).sources[0].display_url == "http://host/inv"
+
+
+@pytest.mark.parametrize("variable", ["INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE"])
+def test_file_variables_refuse_fifos_and_devices_without_opening_them(variable: str, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device"), (tmp_path, "a directory")):
+        with pytest.raises(ConfigError) as info:
+            load({variable: str(path)})
+        assert f"{kind}, not a regular file" in str(info.value)
+
+
+def test_token_file_must_be_utf8(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load({"INVENTORY_TOKEN_FILE": str(token)})

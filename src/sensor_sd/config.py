@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd.errors import ConfigError
+from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
 
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
@@ -261,15 +262,16 @@ def _listen(text: str) -> ListenAddress:
     return ListenAddress(host, number)
 
 
-def _readable_file(check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
+def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
+    """A path to a non-empty regular file of at most `limit` bytes: a FIFO, device or directory is refused, never read."""
     def parse(text: str) -> Path | None:
         if not text:
             return None
         path = Path(text)
         try:
-            data = path.read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"a readable file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})") from None
+            data = read_regular(path, limit)
+        except UnreadableFile as exc:
+            raise ValueError(f"a readable regular file of at most {limit} bytes ({exc})") from None
         if not data.strip():
             raise ValueError("a non-empty file")
         if check:
@@ -277,6 +279,13 @@ def _readable_file(check: Callable[[Path], None] | None = None) -> Callable[[str
         return path
 
     return parse
+
+
+def _check_token(path: Path) -> None:
+    try:
+        read_regular(path, TOKEN_FILE_LIMIT).decode()
+    except (UnreadableFile, UnicodeDecodeError):
+        raise ValueError("a UTF-8 text file holding the token") from None
 
 
 def _check_ca(path: Path) -> None:
@@ -321,9 +330,10 @@ OPTIONS: tuple[_Option, ...] = (
             "seconds a published list stays the yardstick for drops; 0: the current list only"),
     _Option("DROP_HOLD", "drop_hold", _float(0, 604800),
             "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
-    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(), "bearer token file"),
-    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(_check_ca), "CA bundle for the inventory"),
-    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(_check_web_config), "exporter-toolkit web config"),
+    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _check_token),
+            "bearer token file"),
+    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _check_ca), "CA bundle for the inventory"),
+    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "exporter-toolkit web config"),
     _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
     _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
 )
