@@ -44,10 +44,8 @@ def resolve(path: Path) -> Path:
     real = Path(os.path.realpath(path))
     try:
         mode = os.lstat(real).st_mode
-    except FileNotFoundError:
-        return real  # a first write (or a dangling link: its target is created)
-    except OSError as exc:
-        raise PublishError(f"cannot inspect {path}: {exc.strerror or exc}") from None
+    except OSError:
+        return real  # absent (a first write, a dangling link) or unreachable: the write reports its own error
     if stat.S_ISLNK(mode):
         raise PublishError(f"{path} is a symlink loop, not a regular file: refusing to write it")
     if not stat.S_ISREG(mode):
