@@ -193,6 +193,7 @@ async def _keep_file(discoverer: Discoverer, stop: asyncio.Event, logger: loggin
     if file is None:
         return
     period = min(discoverer.settings.update_interval, FILE_CHECK_SECONDS)
+    failing = False
     while True:
         try:
             await asyncio.wait_for(stop.wait(), period)
@@ -201,9 +202,12 @@ async def _keep_file(discoverer: Discoverer, stop: asyncio.Event, logger: loggin
             pass
         try:
             if discoverer.snapshot is not None and file.changed_under_us():
-                await discoverer.publish()
+                await discoverer.publish()  # write errors are logged and counted there
+            failing = False
         except Exception:  # noqa: BLE001 - a bug here must not end the daemon; the polls still publish
-            logger.exception("targets file check failed")
+            if not failing:  # once per streak, with its traceback
+                logger.exception("targets file check failed")
+            failing = True
 
 
 def _print_check(result: PollResult, before: tuple[str, ...], settings: Settings) -> None:
