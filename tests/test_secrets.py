@@ -147,12 +147,12 @@ def test_secrets_never_surface(make_stack: Callable[..., Stack], tmp_path: Path,
     collect("/-/refresh while refused", resp)
     for path in ("/metrics", "/"):
         collect(f"{path} after failures", _get(sd + path, WEB_PASSWORD))
+    stack.stop("sensor-sd")  # first: `once` is a second writer of the daemon's file, refused while it runs
     env = {**stack.sd_env(), "TARGETS_FILE": str(stack.cfg.targets_file)}
     for command in ("check", "once"):
         done = subprocess.run(sensor_sd_argv(command), env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 1
         seen.append((f"sensor-sd {command}", done.stdout + done.stderr))
-    stack.stop("sensor-sd")
     log = (stack.logdir / "sensor-sd.log").read_text()
     seen.append(("the sensor-sd log", log))
     # The log did record the failures, with the redacted URL: the check is not vacuous.

@@ -49,7 +49,9 @@ from typing import Any
 
 from aiohttp import web
 
-MAX_FILE_BYTES = 1024 * 1024
+from sensor_sd.files import WEB_CONFIG_LIMIT, UnreadableFile, read_regular
+
+MAX_FILE_BYTES = WEB_CONFIG_LIMIT
 UNAUTHENTICATED_ALLOWED = frozenset({"/-/healthy", "/-/ready"})
 _AUTH_CACHE = 1024  # verified (user, password) pairs remembered; bcrypt costs ~50-250 ms each
 _BCRYPT_PARALLEL = 2  # bcrypt checks at once, so a flood of bad passwords cannot take every thread
@@ -124,12 +126,9 @@ def load_web_config(path: Path | str) -> WebConfig:
     """Parse and validate the file, loading certificates once; ValueError says what is wrong and where."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"a readable web config file ({exc.strerror or exc})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ValueError(f"a web config file of at most {MAX_FILE_BYTES} bytes")
+        raw = read_regular(path, MAX_FILE_BYTES)  # a FIFO or /dev/zero is refused, never read
+    except UnreadableFile as exc:
+        raise ValueError(f"a readable regular web config file of at most {MAX_FILE_BYTES} bytes ({exc})") from None
     doc = _yaml(raw)
     if doc is None:
         doc = {}  # like exporter-toolkit: an empty file means plain HTTP, no auth
