@@ -163,11 +163,42 @@ def test_before_first_snapshot_503_never_empty_list(sd_empty: Served) -> None:
     "shard=3&shards=3", "shard=0&shards=0", "shard=a&shards=2", "shard=-1&shards=2", "shard=0",
     "shards=2", "shard=0&shards=1001", "shard=1.5&shards=3", "shard=%C2%B2&shards=3", "shard=&shards=",
     "shard=0&shards=99999999999999999999999999",
+    # Past Python's 4300-digit int() limit, which once made these a 500:
+    "shard=0&shards=" + "9" * 5000, "shard=" + "0" * 5000 + "&shards=2", "shard=0&shards=" + "0" * 4999 + "2",
+    "shard=0000001&shards=2",  # 7 digits, value 1: still too long
+    "shard=%EF%BC%91&shards=2",  # a fullwidth digit one
+    "shard=0&shard=1&shards=2", "shard=0&shards=2&shards=3",  # repeated: which one was meant?
+    "shard=+1&shards=2", "shard=%201&shards=2", "shard=1%00&shards=2", "shard=0x1&shards=2",
 ])
 def test_bad_shard_params_are_400_with_a_reason(sd: Served, query: str) -> None:
     r = requests.get(sd.url(f"/targets?{query}"), timeout=5)
     assert r.status_code == 400, query
-    assert "shard" in r.text
+    assert "shard" in r.text and "\n" not in r.text.rstrip("\n")  # one line
+    assert requests.get(sd.url("/-/healthy"), timeout=5).status_code == 200
+
+
+def test_leading_zeros_within_the_digit_limit_are_fine(sd: Served) -> None:
+    plain = requests.get(sd.url("/targets?shard=1&shards=2"), timeout=5)
+    padded = requests.get(sd.url("/targets?shard=000001&shards=000002"), timeout=5)
+    assert padded.status_code == 200 and padded.content == plain.content
+
+
+def test_a_failing_handler_is_a_counted_500_logged_once(sd: Served, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise ZeroDivisionError("a bug of ours")
+
+    monkeypatch.setattr(sd.discoverer, "status", broken)  # the status page calls it
+    with caplog.at_level("ERROR"):
+        answers = [requests.get(sd.url("/"), timeout=5) for _ in range(2)]
+    assert [a.status_code for a in answers] == [500, 500]
+    assert all(a.text == "internal error\n" for a in answers)  # no traceback to the client
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in errors)
+    metrics = requests.get(sd.url("/metrics"), timeout=5).text
+    assert 'sensor_sd_http_internal_errors_total{handler="/"} 2.0' in metrics
+    # The server lives on and the other handlers are untouched.
+    assert requests.get(sd.url("/targets"), timeout=5).status_code == 200
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 7])

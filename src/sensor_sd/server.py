@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from sensor_sd import __version__, status
 from sensor_sd.config import Settings
@@ -28,6 +29,7 @@ from sensor_sd.targets import Snapshot, TargetGroup, hashmod, render
 
 JSON = "application/json"
 MAX_SHARDS = 1000
+_MAX_SHARD_DIGITS = 6  # leading zeros allowed, thousands of them not
 # Request limits: a request line or header line over 8 KiB is a 400 from aiohttp's parser, more
 # than 64 header lines too; the middleware answers 431 above 32 KiB of headers in total.
 MAX_LINE_BYTES = 8190
@@ -37,6 +39,7 @@ MAX_HEADER_BYTES = 32 * 1024
 # above Prometheus' 5 s http_sd refresh so its connection is reused.
 IDLE_TIMEOUT_SECONDS = 15.0
 _SHARD_CACHE = 64  # rendered shard bodies kept per snapshot
+CLOSE_REASONS = ("over_limit", "evicted", "write_timeout")
 _GZIP_MIN_BYTES = 1024  # below this gzip saves nothing worth the header
 
 
@@ -128,20 +131,30 @@ def _json_error(status: int, message: str) -> web.Response:
 
 
 def _shard_params(query: "web.BaseRequest") -> tuple[int, int] | None:
-    """(index, total) from ?shard=I&shards=N, None when absent; raises HTTPBadRequest when wrong."""
-    shard_text, shards_text = query.query.get("shard"), query.query.get("shards")
-    if shard_text is None and shards_text is None:
+    """(index, total) from ?shard=I&shards=N, None when absent; raises HTTPBadRequest when wrong.
+
+    The text is checked before any int(): Python refuses to convert more than
+    4300 digits, and that must be a 400 here, never a 500.
+    """
+    shard_all, shards_all = query.query.getall("shard", []), query.query.getall("shards", [])
+    if not shard_all and not shards_all:
         return None
-    if shard_text is None or shards_text is None:
-        raise web.HTTPBadRequest(text="shard and shards must be given together", content_type="text/plain")
-    if not (shard_text.isascii() and shard_text.isdigit() and shards_text.isascii() and shards_text.isdigit()):
-        raise web.HTTPBadRequest(text="shard and shards must be non-negative integers", content_type="text/plain")
+    if len(shard_all) != 1 or len(shards_all) != 1:
+        raise _bad_request("shard and shards must be given together, once each")
+    shard_text, shards_text = shard_all[0], shards_all[0]
+    for text in (shard_text, shards_text):
+        if not (0 < len(text) <= _MAX_SHARD_DIGITS and text.isascii() and text.isdigit()):
+            raise _bad_request(f"shard and shards must be non-negative integers of at most {_MAX_SHARD_DIGITS} digits")
     index, total = int(shard_text), int(shards_text)
     if not 1 <= total <= MAX_SHARDS:
-        raise web.HTTPBadRequest(text=f"shards must be from 1 to {MAX_SHARDS}", content_type="text/plain")
+        raise _bad_request(f"shards must be from 1 to {MAX_SHARDS}")
     if index >= total:
-        raise web.HTTPBadRequest(text="shard must be less than shards", content_type="text/plain")
+        raise _bad_request("shard must be less than shards")
     return index, total
+
+
+def _bad_request(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=reason + "\n", content_type="text/plain")
 
 
 class Handlers:
@@ -219,13 +232,57 @@ async def _limit_headers(request: web.Request, handler: Callable[[web.Request], 
     return await handler(request)
 
 
+class ServerMetrics:
+    """The HTTP server's own series, on the process registry: fenced failures and connection bounds."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ns = "sensor_sd"
+        self.internal_errors = Counter("http_internal_errors", "Requests answered 500 because a handler failed "
+                                       "unexpectedly (a bug), by handler.", ["handler"], namespace=ns, registry=registry)
+        self.connections = Gauge("http_connections", "Open connections to the SD's HTTP server.",
+                                 namespace=ns, registry=registry)
+        self.max_connections = Gauge("http_max_connections", "WEB_MAX_CONNECTIONS: the cap on open connections.",
+                                     namespace=ns, registry=registry)
+        self.closed = Counter("http_connections_closed", "Connections the server closed to stay within its bounds, "
+                              "by reason (over_limit, evicted, write_timeout).", ["reason"],
+                              namespace=ns, registry=registry)
+        for reason in CLOSE_REASONS:
+            self.closed.labels(reason=reason)
+
+
+def _fence(metrics: ServerMetrics, logger: logging.Logger) -> Middleware:
+    """Any unexpected exception in a handler becomes a 500, counted and logged once with its traceback.
+
+    HTTP errors (4xx) and a client that went away are not bugs and pass through.
+    """
+
+    @web.middleware
+    async def fence(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            resource = request.match_info.route.resource
+            name = resource.canonical if resource is not None else "unmatched"
+            metrics.internal_errors.labels(handler=name).inc()
+            logger.error("internal error in a request handler", exc_info=True,
+                         extra={"handler": name, "method": request.method})
+            return web.Response(status=500, text="internal error\n", headers={"Connection": "close"})
+
+    return fence
+
+
 HANDLERS = web.AppKey("handlers", Handlers)
+SERVER_METRICS = web.AppKey("server_metrics", ServerMetrics)
 
 
 def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     h = Handlers(discoverer, metrics)
+    server_metrics = ServerMetrics(metrics.registry)
     # No endpoint takes a body; 1 KiB is plenty for an empty POST /-/refresh.
-    app = web.Application(client_max_size=1024, middlewares=[_limit_headers])
+    app = web.Application(client_max_size=1024, middlewares=[_fence(server_metrics, _server_logger()), _limit_headers])
     app.router.add_get("/", h.status_page)
     app.router.add_get("/favicon.ico", h.favicon)
     app.router.add_get("/targets", h.targets)
@@ -234,6 +291,7 @@ def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     app.router.add_get("/-/ready", h.ready)
     app.router.add_post("/-/refresh", h.refresh)
     app[HANDLERS] = h
+    app[SERVER_METRICS] = server_metrics
     return app
 
 
