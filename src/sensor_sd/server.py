@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -35,6 +35,9 @@ _MAX_SHARD_DIGITS = 6  # leading zeros allowed, thousands of them not
 MAX_LINE_BYTES = 8190
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 32 * 1024
+# No endpoint takes a body; 1 KiB is plenty for an empty POST /-/refresh. Larger is a 413, decided on
+# Content-Length before any of the body is read, and the connection is closed rather than drained.
+MAX_BODY_BYTES = 1024
 # Idle keep-alive connections and unfinished request headers are closed after this long;
 # above Prometheus' 5 s http_sd refresh so its connection is reused.
 IDLE_TIMEOUT_SECONDS = 15.0
@@ -224,12 +227,63 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 @web.middleware
-async def _limit_headers(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+async def _limit_request(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-    """431 when all header lines together pass MAX_HEADER_BYTES (aiohttp only caps each line)."""
+    """431 past MAX_HEADER_BYTES of headers in total (aiohttp only caps each line); 413 past MAX_BODY_BYTES of body."""
     if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > MAX_HEADER_BYTES:
         return web.Response(status=431, text="request header fields too large\n")
-    return await handler(request)
+    return await _oversized_body(request) or await handler(request)
+
+
+async def _oversized_body(request: web.Request) -> web.Response | None:
+    """413 for a body over MAX_BODY_BYTES, decided on Content-Length before a byte of it is read.
+
+    A chunked body has no length up front: at most MAX_BODY_BYTES + 1 of it is read
+    to decide. No endpoint uses a body, so nothing is lost by reading it here.
+    """
+    length = request.content_length  # aiohttp's parser already refused a malformed or negative one
+    if length is not None:
+        return await _too_large(request) if length > MAX_BODY_BYTES else None
+    if not request.body_exists:
+        return None
+    seen = 0
+    try:
+        async with asyncio.timeout(IDLE_TIMEOUT_SECONDS):
+            while seen <= MAX_BODY_BYTES:
+                chunk = await request.content.read(MAX_BODY_BYTES + 1 - seen)
+                if not chunk:
+                    return None
+                seen += len(chunk)
+    except TimeoutError:
+        return await _refuse(request, 408, "request body not received in time")
+    return await _too_large(request)
+
+
+async def _too_large(request: web.Request) -> web.Response:
+    return await _refuse(request, 413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
+async def _refuse(request: web.Request, status: int, reason: str) -> web.Response:
+    """Answer, then close the connection instead of reading (and discarding) the rest of the body."""
+    response = web.Response(status=status, text=reason + "\n", headers={"Connection": "close"})
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # flushes the answer, then closes
+    return response
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """Expect: 100-continue: no "100 Continue" for a body that will be refused anyway (aiohttp's default sends it)."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect}\n")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return await _too_large(request)
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
 
 
 class ServerMetrics:
@@ -281,15 +335,15 @@ SERVER_METRICS = web.AppKey("server_metrics", ServerMetrics)
 def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     h = Handlers(discoverer, metrics)
     server_metrics = ServerMetrics(metrics.registry)
-    # No endpoint takes a body; 1 KiB is plenty for an empty POST /-/refresh.
-    app = web.Application(client_max_size=1024, middlewares=[_fence(server_metrics, _server_logger()), _limit_headers])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_fence(server_metrics, _server_logger()),
+                                                                       _limit_request])
     app.router.add_get("/", h.status_page)
     app.router.add_get("/favicon.ico", h.favicon)
     app.router.add_get("/targets", h.targets)
     app.router.add_get("/metrics", h.metrics_page)
     app.router.add_get("/-/healthy", h.healthy)
     app.router.add_get("/-/ready", h.ready)
-    app.router.add_post("/-/refresh", h.refresh)
+    app.router.add_post("/-/refresh", h.refresh, expect_handler=_expect)
     app[HANDLERS] = h
     app[SERVER_METRICS] = server_metrics
     return app
