@@ -68,10 +68,10 @@ class Served:
                    if line.startswith('inventory_sim_http_requests_total{') and 'path="/inventory"' in line)
 
 
-def _serve(serve_sd: Callable[..., Any], poll: bool, sensors: int = 300) -> Served:
+def _serve(serve_sd: Callable[..., Any], poll: bool, sensors: int = 300, **settings: Any) -> Served:
     def settings_for(inv_url: str) -> Settings:
         return Settings(sources=(Source("inv", f"{inv_url}/inventory"),), targets_file=None, update_interval=300,
-                        listen_address=ListenAddress(HOST, 0), max_drop_ratio=1.0)
+                        listen_address=ListenAddress(HOST, 0), max_drop_ratio=1.0, **settings)
 
     return Served(serve_sd(inventory_sim.make_app(sensors, seed=1), settings_for, poll))
 
@@ -441,3 +441,130 @@ def test_unfinished_request_headers_are_closed_after_the_idle_timeout(
                 break
         assert s.recv(1) == b""  # closed by the server, not by our 10 s socket timeout
         assert time.monotonic() - started < 5
+
+
+# --- connection bounds: WEB_MAX_CONNECTIONS, bounded write buffers, write timeout ---------------------
+
+
+def sample(sd: Served, name: str, **labels: str) -> float:
+    """A metric of the SD read from its registry (an HTTP scrape would itself take a connection slot)."""
+    value = sd.discoverer._metrics.registry.get_sample_value(name, labels or None)  # noqa: SLF001
+    return 0.0 if value is None else float(value)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def closed_by_server(s: socket.socket, timeout: float = 5.0) -> bool:
+    """True when the server closed (EOF or reset) within `timeout`; whatever it sent before is skipped."""
+    s.settimeout(timeout)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.fixture
+def capped(serve_sd: Callable[..., Any]) -> Served:
+    return _serve(serve_sd, poll=True, web_max_connections=4)
+
+
+def test_at_the_cap_a_newcomer_displaces_the_longest_idle_connection(capped: Served) -> None:
+    idle = [socket.create_connection((HOST, capped.port)) for _ in range(4)]  # they never send a byte
+    try:
+        wait_for(lambda: sample(capped, "sensor_sd_http_connections") == 4, "4 open connections")
+        assert sample(capped, "sensor_sd_http_max_connections") == 4
+        r = requests.get(capped.url("/-/healthy"), timeout=5, headers={"Connection": "close"})
+        assert r.status_code == 200
+        assert closed_by_server(idle[0])  # the oldest idle one made room
+        assert sample(capped, "sensor_sd_http_connections_closed_total", reason="evicted") == 1
+        assert sample(capped, "sensor_sd_http_connections_closed_total", reason="over_limit") == 0
+        assert not closed_by_server(idle[3], timeout=0.2)  # the newer ones stay
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(capped: Served,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    d = capped.discoverer
+    gate = capped.run(_make_event())
+    poll_all, refresh = d.poll_all, d.refresh
+    inside = 0
+
+    async def counted_refresh() -> Any:  # runs inside the handler: its connection is busy by then
+        nonlocal inside
+        inside += 1
+        return await refresh()
+
+    monkeypatch.setattr(d, "poll_all", lambda **kw: _after(gate, poll_all(**kw)))
+    monkeypatch.setattr(d, "refresh", counted_refresh)
+    with ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(requests.post, capped.url("/-/refresh"), timeout=30) for _ in range(4)]
+        try:
+            wait_for(lambda: inside == 4, "4 refreshes inside their handlers")
+            assert sample(capped, "sensor_sd_http_connections") == 4
+            assert raw(capped.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n") == b"HTTP/1.1 503 Service Unavailable"
+            assert sample(capped, "sensor_sd_http_connections_closed_total", reason="over_limit") == 1
+        finally:
+            capped.sd.lt.loop.call_soon_threadsafe(gate.set)
+        assert [f.result().status_code for f in busy] == [200] * 4  # the busy ones were not touched
+    assert sample(capped, "sensor_sd_http_connections_closed_total", reason="evicted") == 0
+
+
+async def _after(gate: asyncio.Event, work: Awaitable[T]) -> T:
+    await gate.wait()
+    return await work
+
+
+def non_reader(port: int, requests_: int = 1) -> socket.socket:
+    """A client that asks for /targets and never reads, with a small receive buffer."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((HOST, port))
+    s.sendall(b"GET /targets HTTP/1.1\r\nHost: x\r\n\r\n" * requests_)
+    return s
+
+
+def test_clients_that_never_read_hold_at_most_two_slices_each(serve_sd: Callable[..., Any]) -> None:
+    """Five clients ask for 5 x 20 copies of a 380 KB body and read nothing: the server holds
+    at most its high-water mark plus one 64 KiB slice per connection, not the bodies."""
+    sd = _serve(serve_sd, poll=False)
+    sd.set_inventory([f"sensor_{i}" for i in range(20_000)])
+    assert requests.post(sd.url("/-/refresh"), timeout=30).status_code == 200
+    body = len(requests.get(sd.url("/targets"), headers={"Accept-Encoding": "identity"}, timeout=5).content)
+    assert body > 300_000
+    clients = [non_reader(sd.port, requests_=20) for _ in range(5)]
+    try:
+        wait_for(lambda: sample(sd, "sensor_sd_http_write_buffer_bytes") > 0, "answers waiting for their clients")
+        peak = 0.0
+        for _ in range(25):  # sampled while the writes are stuck
+            peak = max(peak, sample(sd, "sensor_sd_http_write_buffer_bytes"))
+            time.sleep(0.02)
+        assert peak <= 5 * (128 * 1024 + 1024), peak  # the whole bodies would be 5 x 380 KB or more
+        assert requests.get(sd.url("/-/healthy"), timeout=5).status_code == 200
+    finally:
+        for s in clients:
+            s.close()
+
+
+def test_a_client_that_never_reads_is_closed_after_the_write_timeout(
+        monkeypatch: pytest.MonkeyPatch, serve_sd: Callable[..., Any]) -> None:
+    monkeypatch.setattr(server, "WRITE_TIMEOUT_SECONDS", 1.0)
+    sd = _serve(serve_sd, poll=False)
+    sd.set_inventory([f"sensor_{i}" for i in range(20_000)])
+    assert requests.post(sd.url("/-/refresh"), timeout=30).status_code == 200
+    with non_reader(sd.port, requests_=20) as s:  # 7.6 MB asked for: more than the socket buffers hold
+        wait_for(lambda: sample(sd, "sensor_sd_http_connections_closed_total", reason="write_timeout") == 1,
+                 "the write timeout to close the non-reader")
+        assert closed_by_server(s)
+    wait_for(lambda: sample(sd, "sensor_sd_http_write_buffer_bytes") == 0, "its buffer released")
+    assert requests.get(sd.url("/-/healthy"), timeout=5).status_code == 200

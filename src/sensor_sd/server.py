@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -169,7 +170,7 @@ class Handlers:
         self._shards = _ShardCache()
         self._gzip = _GzipCache()
 
-    async def targets(self, request: web.Request) -> web.Response:
+    async def targets(self, request: web.Request) -> web.StreamResponse:
         params = _shard_params(request)
         snapshot = self.discoverer.snapshot
         if snapshot is None:
@@ -183,7 +184,7 @@ class Handlers:
         headers["ETag"] = body.etag
         if _etag_matches(request.headers.get("If-None-Match"), body.etag):
             return web.Response(status=304, headers=headers)
-        return web.Response(body=body.data, content_type=JSON, headers=headers)
+        return await _send(request, body.data, headers)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         data = generate_latest(self.metrics.registry)
@@ -297,6 +298,8 @@ class ServerMetrics:
                                  namespace=ns, registry=registry)
         self.max_connections = Gauge("http_max_connections", "WEB_MAX_CONNECTIONS: the cap on open connections.",
                                      namespace=ns, registry=registry)
+        self.write_buffered = Gauge("http_write_buffer_bytes", "Answer bytes held in the server's connection buffers "
+                                    "until their clients read them.", namespace=ns, registry=registry)
         self.closed = Counter("http_connections_closed", "Connections the server closed to stay within its bounds, "
                               "by reason (over_limit, evicted, write_timeout).", ["reason"],
                               namespace=ns, registry=registry)
@@ -328,15 +331,221 @@ def _fence(metrics: ServerMetrics, logger: logging.Logger) -> Middleware:
     return fence
 
 
+# --- connection bounds -------------------------------------------------------------------------
+# A client that never reads its answer must not hold memory or a connection slot for ever:
+# bodies go out in slices, at most one slice past the transport's high-water mark; a
+# connection whose writes stay paused for WRITE_TIMEOUT_SECONDS is aborted; and at most
+# WEB_MAX_CONNECTIONS are open, a newcomer displacing the one idle or stuck the longest.
+WRITE_TIMEOUT_SECONDS = 10.0
+_WRITE_SLICE = 64 * 1024
+_OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Connection: close\r\nContent-Length: 39\r\n\r\ntoo many connections (WEB_MAX_CONNECTIONS)")
+
+
+class _Conn:
+    """What the gate knows of one open connection (mutable: it changes with every request)."""
+
+    __slots__ = ("transport", "idle_since", "busy", "paused_since", "timer", "gone")
+
+    def __init__(self, transport: asyncio.BaseTransport, now: float) -> None:
+        self.transport = transport
+        self.idle_since = now  # opened, or its last request finished
+        self.busy = 0  # requests of it inside a handler
+        self.paused_since: float | None = None  # its writes wait for the client to read since then
+        self.timer: asyncio.TimerHandle | None = None  # the write timeout while paused
+        self.gone = False
+
+    def stuck_since(self) -> float | None:
+        """Since when it holds a slot without use: idle between requests, or a write the client does not read."""
+        if self.paused_since is not None:
+            return self.paused_since
+        return None if self.busy else self.idle_since
+
+
+class Connections:
+    """The open connections of the server, capped at `limit` (WEB_MAX_CONNECTIONS).
+
+    At the cap, a new connection displaces the one stuck the longest: idle between
+    requests or before its first, or waiting for its client to read. One inside a
+    handler and making progress is never displaced; when all are, the newcomer
+    gets a 503 and is closed. So clients that never read, or never send, cannot
+    lock out /-/healthy or Prometheus, and the oldest of them go first.
+    """
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.limit = 512
+        self.metrics = metrics
+        self._open: dict[asyncio.BaseTransport, _Conn] = {}
+        metrics.write_buffered.set_function(self._buffered)
+
+    def _buffered(self) -> float:
+        return float(sum(t.get_write_buffer_size() for t in list(self._open) if isinstance(t, asyncio.WriteTransport)))
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, transport: asyncio.BaseTransport) -> _Conn | None:
+        now = time.monotonic()
+        if len(self._open) >= self.limit and not self._evict(now):
+            self.metrics.closed.labels(reason="over_limit").inc()
+            transport.write(_OVER_LIMIT)
+            transport.close()
+            return None
+        conn = self._open[transport] = _Conn(transport, now)
+        self.metrics.connections.set(len(self._open))
+        return conn
+
+    def _evict(self, now: float) -> bool:
+        oldest: _Conn | None = None
+        oldest_since = now
+        for conn in self._open.values():
+            since = conn.stuck_since()
+            if since is not None and since <= oldest_since:
+                oldest, oldest_since = conn, since
+        if oldest is None:
+            return False
+        self.metrics.closed.labels(reason="evicted").inc()
+        self._drop(oldest)
+        oldest.transport.abort()
+        return True
+
+    def release(self, conn: _Conn) -> None:
+        self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if conn.gone:
+            return
+        conn.gone = True
+        if conn.timer is not None:
+            conn.timer.cancel()
+        del self._open[conn.transport]
+        self.metrics.connections.set(len(self._open))
+
+    def paused(self, conn: _Conn) -> None:
+        conn.paused_since = time.monotonic()
+        if conn.timer is None and not conn.gone:
+            conn.timer = asyncio.get_running_loop().call_later(WRITE_TIMEOUT_SECONDS, self._write_timeout, conn)
+
+    def resumed(self, conn: _Conn) -> None:
+        conn.paused_since = None
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+
+    def _write_timeout(self, conn: _Conn) -> None:
+        conn.timer = None
+        if conn.gone:
+            return
+        self.metrics.closed.labels(reason="write_timeout").inc()
+        self._drop(conn)
+        conn.transport.abort()
+
+    def middleware(self) -> Middleware:
+        """Marks a connection busy while a handler runs for it: a busy connection is never displaced."""
+
+        @web.middleware
+        async def track(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+            conn = self._open.get(request.transport) if request.transport is not None else None
+            if conn is None:
+                return await handler(request)
+            conn.busy += 1
+            try:
+                return await handler(request)
+            finally:
+                conn.busy -= 1
+                conn.idle_since = time.monotonic()
+
+        return track
+
+    def protocol(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        return _Gated(inner, self)
+
+
+class _Gated(asyncio.Protocol):
+    """aiohttp's protocol behind the gate: admitted or refused on connect, its write pauses seen."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: Connections) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._conn: _Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._conn = self._gate.admit(transport)
+        if self._conn is not None:
+            self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._gate.release(self._conn)
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._conn is not None else None
+
+    def pause_writing(self) -> None:
+        if self._conn is not None:
+            self._gate.paused(self._conn)
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._conn is not None:
+            self._gate.resumed(self._conn)
+            self._inner.resume_writing()
+
+
+class _GatedSite(web.TCPSite):
+    """TCPSite whose every connection passes the gate first."""
+
+    def __init__(self, runner: web.AppRunner, gate: Connections, host: str | None, port: int, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._gate = gate
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+        gate = self._gate
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: gate.protocol(server()), self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
+async def _send(request: web.Request, data: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    """A large body in slices, each written once the previous has left the transport's buffer.
+
+    web.Response would hand the whole body to the transport at once, which keeps a
+    copy of what the client has not read yet: 1.9 MB per client that never reads.
+    """
+    response = web.StreamResponse(headers=headers)
+    response.content_type = JSON
+    response.content_length = len(data)
+    await response.prepare(request)
+    if request.method != "HEAD":
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE_SLICE):
+            await response.write(view[start:start + _WRITE_SLICE])
+            await request.writer.drain()
+    await response.write_eof()
+    return response
+
+
 HANDLERS = web.AppKey("handlers", Handlers)
 SERVER_METRICS = web.AppKey("server_metrics", ServerMetrics)
+CONNECTIONS = web.AppKey("connections", Connections)
 
 
 def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     h = Handlers(discoverer, metrics)
     server_metrics = ServerMetrics(metrics.registry)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_fence(server_metrics, _server_logger()),
-                                                                       _limit_request])
+    connections = Connections(server_metrics)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[
+        connections.middleware(), _fence(server_metrics, _server_logger()), _limit_request])
     app.router.add_get("/", h.status_page)
     app.router.add_get("/favicon.ico", h.favicon)
     app.router.add_get("/targets", h.targets)
@@ -346,6 +555,7 @@ def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
     app.router.add_post("/-/refresh", h.refresh, expect_handler=_expect)
     app[HANDLERS] = h
     app[SERVER_METRICS] = server_metrics
+    app[CONNECTIONS] = connections
     return app
 
 
@@ -372,9 +582,12 @@ async def start(app: web.Application, settings: Settings, ssl_context: ssl.SSLCo
                            max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS,
                            keepalive_timeout=IDLE_TIMEOUT_SECONDS)
     await runner.setup()
+    gate = app[CONNECTIONS]
+    gate.limit = settings.web_max_connections
+    app[SERVER_METRICS].max_connections.set(gate.limit)
     addr = settings.listen_address
-    site = web.TCPSite(runner, addr.host or None, addr.port, ssl_context=ssl_context, backlog=1024,
-                       reuse_address=True)
+    site = _GatedSite(runner, gate, addr.host or None, addr.port, ssl_context=ssl_context, backlog=1024,
+                      reuse_address=True)
     try:
         await site.start()
     except BaseException:
