@@ -87,6 +87,8 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 def probe(port: int, stop: Any, out: Any) -> None:
     """In its own process: GET /-/healthy on a new connection every PROBE_EVERY s until `stop` is set."""
     latencies: list[float] = []
+    t0 = time.perf_counter()
+    spikes: list[tuple[float, float]] = []
     failures: list[str] = []
     request = b"GET /-/healthy HTTP/1.1\r\nHost: sd\r\nConnection: close\r\n\r\n"
     while not stop.is_set():
@@ -105,7 +107,10 @@ def probe(port: int, stop: Any, out: Any) -> None:
         except OSError as exc:
             failures.append(exc.__class__.__name__)
         latencies.append(time.perf_counter() - started)
+        if latencies[-1] > 0.1:
+            spikes.append((round(started - t0, 2), round(latencies[-1], 3)))
         stop.wait(PROBE_EVERY)
+    print("probe spikes (s since start, latency s):", spikes[:20], "failures:", failures[:5], flush=True)
     out.put((latencies, failures))
 
 
@@ -144,6 +149,7 @@ def measure(plan: Plan, cap: int, workdir: Path) -> Row:
         prober.start()
         t0 = time.monotonic()
         conns = open_clients(port, plan.clients)
+        print(f"    {len(conns)} clients opened in {time.monotonic() - t0:.1f} s", flush=True)
         peak = rss_idle
         deadline = t0 + plan.hold
         while time.monotonic() < deadline:  # the hold is the measurement window itself

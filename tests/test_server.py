@@ -493,8 +493,10 @@ def test_at_the_cap_a_newcomer_displaces_the_longest_idle_connection(capped: Ser
             s.close()
 
 
-def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(capped: Served,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_at_the_cap_with_every_connection_busy_newcomers_wait_and_the_longest_waiting_gets_503(capped: Served,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 slots busy: 4 more connections wait their turn (as Prometheus queues them); a 5th pushes out
+    the one waiting the longest (a fresh one, such as a health check, has the better chance)."""
     d = capped.discoverer
     gate = capped.run(_make_event())
     poll_all, refresh = d.poll_all, d.refresh
@@ -507,17 +509,31 @@ def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(capped: Serve
 
     monkeypatch.setattr(d, "poll_all", lambda **kw: _after(gate, poll_all(**kw)))
     monkeypatch.setattr(d, "refresh", counted_refresh)
+    waiting: list[socket.socket] = []
     with ThreadPoolExecutor(4) as pool:
         busy = [pool.submit(requests.post, capped.url("/-/refresh"), timeout=30) for _ in range(4)]
         try:
             wait_for(lambda: inside == 4, "4 refreshes inside their handlers")
             assert sample(capped, "sensor_sd_http_connections") == 4
-            assert raw(capped.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n") == b"HTTP/1.1 503 Service Unavailable"
+            for _ in range(5):  # 4 wait; the 5th pushes the longest waiting out
+                s = socket.create_connection((HOST, capped.port), timeout=10)
+                s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                waiting.append(s)
+            first = waiting.pop(0)
+            with first:
+                assert first.recv(65536).startswith(b"HTTP/1.1 503 Service Unavailable")
             assert sample(capped, "sensor_sd_http_connections_closed_total", reason="over_limit") == 1
+            waiting[0].settimeout(0.3)
+            with pytest.raises(TimeoutError):  # still waiting: busy connections are never displaced
+                waiting[0].recv(1)
+            assert sample(capped, "sensor_sd_http_connections_closed_total", reason="evicted") == 0
         finally:
             capped.sd.lt.loop.call_soon_threadsafe(gate.set)
         assert [f.result().status_code for f in busy] == [200] * 4  # the busy ones were not touched
-    assert sample(capped, "sensor_sd_http_connections_closed_total", reason="evicted") == 0
+    for s in waiting:  # served in turn once the slots freed
+        with s:
+            s.settimeout(10)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
 
 
 async def _after(gate: asyncio.Event, work: Awaitable[T]) -> T:

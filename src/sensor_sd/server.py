@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -333,84 +334,117 @@ def _fence(metrics: ServerMetrics, logger: logging.Logger) -> Middleware:
 
 # --- connection bounds -------------------------------------------------------------------------
 # A client that never reads its answer must not hold memory or a connection slot for ever:
-# bodies go out in slices, at most one slice past the transport's high-water mark; a
-# connection whose writes stay paused for WRITE_TIMEOUT_SECONDS is aborted; and at most
-# WEB_MAX_CONNECTIONS are open, a newcomer displacing the one idle or stuck the longest.
+# bodies go out in slices, at most about two slices held per connection in the process and
+# SOCKET_SEND_BUFFER in the kernel; a connection whose writes stay paused for
+# WRITE_TIMEOUT_SECONDS is aborted; at most WEB_MAX_CONNECTIONS are served at once.
 WRITE_TIMEOUT_SECONDS = 10.0
-_WRITE_SLICE = 64 * 1024
+# At the cap, a connection idle, or waiting for its client to read, this long may be displaced.
+STUCK_AFTER_SECONDS = 0.25
+# The kernel's send buffer per connection. Left to autotuning it grows to 4 MiB, and 512
+# clients that never read would pin 2 GiB of the host's TCP memory (and make the server copy
+# that much for nothing). 128 KiB still fills a LAN link.
+SOCKET_SEND_BUFFER = 64 * 1024  # Linux doubles it: 128 KiB
+_WRITE_SLICE = 32 * 1024
+_HIGH_WATER = 16 * 1024  # the transports' high-water mark: at most slice + mark held per connection
+_RECHECK_SECONDS = 0.05  # how often waiting connections look for a slot
 _OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
                b"Connection: close\r\nContent-Length: 39\r\n\r\ntoo many connections (WEB_MAX_CONNECTIONS)")
 
 
 class _Conn:
-    """What the gate knows of one open connection (mutable: it changes with every request)."""
+    """What the gate knows of one served connection (mutable: it changes with every request)."""
 
     __slots__ = ("transport", "idle_since", "busy", "paused_since", "timer", "gone")
 
     def __init__(self, transport: asyncio.BaseTransport, now: float) -> None:
         self.transport = transport
-        self.idle_since = now  # opened, or its last request finished
+        self.idle_since = now  # admitted, or its last request finished
         self.busy = 0  # requests of it inside a handler
         self.paused_since: float | None = None  # its writes wait for the client to read since then
         self.timer: asyncio.TimerHandle | None = None  # the write timeout while paused
         self.gone = False
 
     def stuck_since(self) -> float | None:
-        """Since when it holds a slot without use: idle between requests, or a write the client does not read."""
+        """Since when it holds a slot without use: idle (before or between requests) or unread writes."""
         if self.paused_since is not None:
             return self.paused_since
         return None if self.busy else self.idle_since
 
 
 class Connections:
-    """The open connections of the server, capped at `limit` (WEB_MAX_CONNECTIONS).
+    """The connections of the server: at most `limit` (WEB_MAX_CONNECTIONS) served at once.
 
-    At the cap, a new connection displaces the one stuck the longest: idle between
-    requests or before its first, or waiting for its client to read. One inside a
-    handler and making progress is never displaced; when all are, the newcomer
-    gets a 503 and is closed. So clients that never read, or never send, cannot
-    lock out /-/healthy or Prometheus, and the oldest of them go first.
+    As Prometheus' --web.max-connections, connections past the cap wait (here:
+    accepted, not read) until a slot frees, so a burst of real clients is served
+    in turn. Unlike it, a waiting connection may displace the served one stuck the
+    longest (idle, or with writes its client does not read) once that has lasted
+    STUCK_AFTER_SECONDS: clients that never read, or never send, cannot lock out
+    /-/healthy or Prometheus. At most `limit` more wait; past that the one waiting
+    the longest gets a 503 and is closed.
     """
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.limit = 512
         self.metrics = metrics
         self._open: dict[asyncio.BaseTransport, _Conn] = {}
+        self._waiting: deque[_Gated] = deque()
+        self._recheck: asyncio.TimerHandle | None = None
         metrics.write_buffered.set_function(self._buffered)
 
     def _buffered(self) -> float:
         return float(sum(t.get_write_buffer_size() for t in list(self._open) if isinstance(t, asyncio.WriteTransport)))
 
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def admit(self, transport: asyncio.BaseTransport) -> _Conn | None:
-        now = time.monotonic()
-        if len(self._open) >= self.limit and not self._evict(now):
+    def arrive(self, proto: _Gated) -> None:
+        """A new connection: served now, made to wait, or refused."""
+        if len(self._waiting) >= self.limit:  # the longest waiting goes: a fresh one (a probe) has the better chance
             self.metrics.closed.labels(reason="over_limit").inc()
-            transport.write(_OVER_LIMIT)
-            transport.close()
-            return None
-        conn = self._open[transport] = _Conn(transport, now)
-        self.metrics.connections.set(len(self._open))
-        return conn
+            self._waiting.popleft().refuse()
+        proto.wait()
+        self._waiting.append(proto)
+        self._admit_waiting()
 
-    def _evict(self, now: float) -> bool:
-        oldest: _Conn | None = None
-        oldest_since = now
-        for conn in self._open.values():
-            since = conn.stuck_since()
-            if since is not None and since <= oldest_since:
-                oldest, oldest_since = conn, since
-        if oldest is None:
-            return False
+    def _admit_waiting(self) -> None:
+        self._recheck = None
+        now = time.monotonic()
+        victims: list[_Conn] | None = None
+        while self._waiting:
+            if len(self._open) >= self.limit:
+                if victims is None:  # one scan for the whole batch: oldest stuck last, popped first
+                    victims = self._stuck(now)
+                if not victims:
+                    break
+                self._evict(victims.pop())
+            proto = self._waiting.popleft()
+            conn = self._open[proto.transport] = _Conn(proto.transport, now)
+            proto.serve(conn)
+        self.metrics.connections.set(len(self._open))
+        if self._waiting and self._recheck is None:  # a served connection may become displaceable with time
+            self._recheck = asyncio.get_running_loop().call_later(_RECHECK_SECONDS, self._admit_waiting)
+
+    def _stuck(self, now: float) -> list[_Conn]:
+        """Served connections stuck for STUCK_AFTER_SECONDS or more, the longest stuck last."""
+        limit = now - STUCK_AFTER_SECONDS
+        stuck = [(since, i, c) for i, c in enumerate(self._open.values())
+                 if (since := c.stuck_since()) is not None and since <= limit]
+        stuck.sort(reverse=True)
+        return [c for _, _, c in stuck]
+
+    def _evict(self, conn: _Conn) -> None:
         self.metrics.closed.labels(reason="evicted").inc()
-        self._drop(oldest)
-        oldest.transport.abort()
-        return True
+        self._drop(conn)
+        conn.transport.abort()
+
+    def forget(self, proto: _Gated) -> None:
+        """A waiting connection closed by its client."""
+        try:
+            self._waiting.remove(proto)
+        except ValueError:
+            pass
 
     def release(self, conn: _Conn) -> None:
         self._drop(conn)
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._admit_waiting)
 
     def _drop(self, conn: _Conn) -> None:
         if conn.gone:
@@ -439,9 +473,12 @@ class Connections:
         self.metrics.closed.labels(reason="write_timeout").inc()
         self._drop(conn)
         conn.transport.abort()
+        if self._waiting:
+            self._admit_waiting()
 
     def middleware(self) -> Middleware:
-        """Marks a connection busy while a handler runs for it: a busy connection is never displaced."""
+        """Marks a connection busy while a handler runs for it: a busy connection is displaced only
+        when its writes are stuck."""
 
         @web.middleware
         async def track(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -463,25 +500,51 @@ class Connections:
 
 
 class _Gated(asyncio.Protocol):
-    """aiohttp's protocol behind the gate: admitted or refused on connect, its write pauses seen."""
+    """aiohttp's protocol behind the gate: it sees the connection only once it is served."""
 
     def __init__(self, inner: asyncio.Protocol, gate: Connections) -> None:
         self._inner = inner
         self._gate = gate
+        self.transport: asyncio.BaseTransport | None = None
         self._conn: _Conn | None = None
+        self._waiting = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._conn = self._gate.admit(transport)
-        if self._conn is not None:
-            self._inner.connection_made(transport)
+        self.transport = transport
+        self._gate.arrive(self)
+
+    def wait(self) -> None:
+        assert isinstance(self.transport, asyncio.Transport)
+        self._waiting = True
+        self.transport.pause_reading()  # its request stays in the kernel until it is served
+
+    def refuse(self) -> None:
+        assert isinstance(self.transport, asyncio.Transport)
+        self._waiting = False
+        self.transport.write(_OVER_LIMIT)
+        self.transport.close()
+
+    def serve(self, conn: _Conn) -> None:
+        transport = self.transport
+        assert isinstance(transport, asyncio.Transport)
+        self._conn, self._waiting = conn, False
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+        self._inner.connection_made(transport)
+        transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._gate.release(self._conn)
             self._inner.connection_lost(exc)
+        elif self._waiting:
+            self._gate.forget(self)
 
     def data_received(self, data: bytes) -> None:
         if self._conn is not None:
+            self._conn.idle_since = time.monotonic()  # a request on its way is not idleness
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
