@@ -7,6 +7,7 @@ rendered when the snapshot changed, so a request costs no JSON work.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gzip
 import logging
 import socket
@@ -338,8 +339,10 @@ def _fence(metrics: ServerMetrics, logger: logging.Logger) -> Middleware:
 # SOCKET_SEND_BUFFER in the kernel; a connection whose writes stay paused for
 # WRITE_TIMEOUT_SECONDS is aborted; at most WEB_MAX_CONNECTIONS are served at once.
 WRITE_TIMEOUT_SECONDS = 10.0
-# At the cap, a connection idle, or waiting for its client to read, this long may be displaced.
+# At the cap, a connection idle, or waiting for its client to read, this long may be displaced ...
 STUCK_AFTER_SECONDS = 0.25
+# ... and one whose request has not been answered (nor reached a handler) this long after its last byte.
+SLOW_REQUEST_SECONDS = 2.0
 # The kernel's send buffer per connection. Left to autotuning it grows to 4 MiB, and 512
 # clients that never read would pin 2 GiB of the host's TCP memory (and make the server copy
 # that much for nothing). 128 KiB still fills a LAN link.
@@ -351,36 +354,65 @@ _OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; c
                b"Connection: close\r\nContent-Length: 39\r\n\r\ntoo many connections (WEB_MAX_CONNECTIONS)")
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _release_memory() -> None:
+    """Hand the heap pages a crowd of connections left free back to the system: glibc keeps
+    freed pages inside its heap otherwise, and RSS would stay at the crowd's peak."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class _Conn:
     """What the gate knows of one served connection (mutable: it changes with every request)."""
 
-    __slots__ = ("transport", "idle_since", "busy", "paused_since", "timer", "gone")
+    __slots__ = ("transport", "idle_since", "busy", "unanswered_since", "paused_since", "timer", "gone")
 
     def __init__(self, transport: asyncio.BaseTransport, now: float) -> None:
         self.transport = transport
-        self.idle_since = now  # admitted, or its last request finished
+        self.idle_since = now  # its last request answered then
         self.busy = 0  # requests of it inside a handler
+        # Served, or bytes of a request arrived, then; not answered since. A connection just served
+        # counts as one: its request may be in the kernel still, waiting for a busy loop to read it.
+        self.unanswered_since: float | None = now
         self.paused_since: float | None = None  # its writes wait for the client to read since then
         self.timer: asyncio.TimerHandle | None = None  # the write timeout while paused
         self.gone = False
 
-    def stuck_since(self) -> float | None:
-        """Since when it holds a slot without use: idle (before or between requests) or unread writes."""
+    def displaceable_at(self) -> float | None:
+        """When it may give its slot to a waiting connection; None while a handler works for it.
+
+        Idle or not reading: after STUCK_AFTER_SECONDS. With request bytes not yet answered (the
+        request may only be queued behind a busy loop, or be a slowloris): after SLOW_REQUEST_SECONDS.
+        """
         if self.paused_since is not None:
-            return self.paused_since
-        return None if self.busy else self.idle_since
+            return self.paused_since + STUCK_AFTER_SECONDS
+        if self.busy:
+            return None
+        if self.unanswered_since is not None:
+            return self.unanswered_since + SLOW_REQUEST_SECONDS
+        return self.idle_since + STUCK_AFTER_SECONDS
 
 
 class Connections:
     """The connections of the server: at most `limit` (WEB_MAX_CONNECTIONS) served at once.
 
-    As Prometheus' --web.max-connections, connections past the cap wait (here:
+    As with Prometheus' --web.max-connections, connections past the cap wait (here:
     accepted, not read) until a slot frees, so a burst of real clients is served
-    in turn. Unlike it, a waiting connection may displace the served one stuck the
-    longest (idle, or with writes its client does not read) once that has lasted
-    STUCK_AFTER_SECONDS: clients that never read, or never send, cannot lock out
-    /-/healthy or Prometheus. At most `limit` more wait; past that the one waiting
-    the longest gets a 503 and is closed.
+    in turn. Unlike it, the newest waiting is served first (a health check does not
+    queue behind a crowd), and a waiting connection may displace the served one
+    stuck the longest: idle or not reading for STUCK_AFTER_SECONDS, or silent or
+    unanswered for SLOW_REQUEST_SECONDS. So clients that never read, or never send,
+    cannot lock out /-/healthy or Prometheus. At most `limit` more wait; past that
+    the one waiting the longest gets a 503 and is closed.
     """
 
     def __init__(self, metrics: ServerMetrics) -> None:
@@ -389,6 +421,7 @@ class Connections:
         self._open: dict[asyncio.BaseTransport, _Conn] = {}
         self._waiting: deque[_Gated] = deque()
         self._recheck: asyncio.TimerHandle | None = None
+        self._crowd = 0  # most connections served since memory was last handed back
         metrics.write_buffered.set_function(self._buffered)
 
     def _buffered(self) -> float:
@@ -414,18 +447,18 @@ class Connections:
                 if not victims:
                     break
                 self._evict(victims.pop())
-            proto = self._waiting.popleft()
+            proto = self._waiting.pop()  # newest first: a health check does not queue behind a crowd
             conn = self._open[proto.transport] = _Conn(proto.transport, now)
             proto.serve(conn)
         self.metrics.connections.set(len(self._open))
+        self._crowd = max(self._crowd, len(self._open))
         if self._waiting and self._recheck is None:  # a served connection may become displaceable with time
             self._recheck = asyncio.get_running_loop().call_later(_RECHECK_SECONDS, self._admit_waiting)
 
     def _stuck(self, now: float) -> list[_Conn]:
-        """Served connections stuck for STUCK_AFTER_SECONDS or more, the longest stuck last."""
-        limit = now - STUCK_AFTER_SECONDS
-        stuck = [(since, i, c) for i, c in enumerate(self._open.values())
-                 if (since := c.stuck_since()) is not None and since <= limit]
+        """Served connections that may be displaced now, the longest displaceable last."""
+        stuck = [(at, i, c) for i, c in enumerate(self._open.values())
+                 if (at := c.displaceable_at()) is not None and at <= now]
         stuck.sort(reverse=True)
         return [c for _, _, c in stuck]
 
@@ -454,6 +487,9 @@ class Connections:
             conn.timer.cancel()
         del self._open[conn.transport]
         self.metrics.connections.set(len(self._open))
+        if self._crowd >= 64 and len(self._open) + len(self._waiting) <= self._crowd // 16:  # the crowd has gone
+            self._crowd = len(self._open)
+            asyncio.get_running_loop().call_soon(_release_memory)
 
     def paused(self, conn: _Conn) -> None:
         conn.paused_since = time.monotonic()
@@ -491,7 +527,7 @@ class Connections:
                 return await handler(request)
             finally:
                 conn.busy -= 1
-                conn.idle_since = time.monotonic()
+                conn.idle_since, conn.unanswered_since = time.monotonic(), None
 
         return track
 
@@ -544,7 +580,7 @@ class _Gated(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._conn is not None:
-            self._conn.idle_since = time.monotonic()  # a request on its way is not idleness
+            self._conn.unanswered_since = time.monotonic()
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
