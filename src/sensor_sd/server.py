@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import gzip
 import logging
 import socket
@@ -366,7 +367,9 @@ _MALLOC_TRIM = _malloc_trim()
 
 def _release_memory() -> None:
     """Hand the heap pages a crowd of connections left free back to the system: glibc keeps
-    freed pages inside its heap otherwise, and RSS would stay at the crowd's peak."""
+    freed pages inside its heap otherwise, and RSS would stay at the crowd's peak. The collection
+    first frees what aiohttp's per-connection reference cycles still hold (once per crowd)."""
+    gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
