@@ -86,6 +86,11 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def scrape(base: str) -> str:
+    """/metrics, retried: under the load measured here one answer may take seconds."""
+    return str(wait_until(lambda: http_get(base + "/metrics", timeout=10)[1].decode(), 60, "a /metrics answer", 0.2))
+
+
 def probe(port: int, stop: Any, out: Any) -> None:
     """In its own process: GET /-/healthy on a new connection every PROBE_EVERY s until `stop` is set.
 
@@ -162,7 +167,7 @@ def measure(plan: Plan, cap: int, workdir: Path) -> Row:
         for _ in range(5):  # warm: every body rendered once
             assert http_get(base + "/targets")[0] == 200
         rss_idle = proc_kib(pid, "VmRSS")
-        polls0 = metric_sum(http_get(base + "/metrics")[1].decode(), "sensor_sd_syncs_total")
+        polls0 = metric_sum(scrape(base), "sensor_sd_syncs_total")
         stop, out = multiprocessing.Event(), multiprocessing.Queue()
         prober = multiprocessing.Process(target=probe, args=(port, stop, out), daemon=True)
         prober.start()
@@ -175,7 +180,7 @@ def measure(plan: Plan, cap: int, workdir: Path) -> Row:
             peak = max(peak, proc_kib(pid, "VmRSS"))
             time.sleep(0.2)
         held, wall1, cpu = time.monotonic() - t0, time.time(), proc_cpu_seconds(pid) - cpu0
-        metrics = http_get(base + "/metrics")[1].decode()
+        metrics = scrape(base)
         polls = metric_sum(metrics, "sensor_sd_syncs_total") - polls0
         for s in conns:
             s.close()
@@ -183,9 +188,9 @@ def measure(plan: Plan, cap: int, workdir: Path) -> Row:
         stop.set()
         checks = out.get(timeout=30)
         prober.join(10)
-        wait_until(lambda: metric_sum(http_get(base + "/metrics")[1].decode(), "sensor_sd_http_connections") <= 1,
+        wait_until(lambda: metric_sum(scrape(base), "sensor_sd_http_connections") <= 1,
                    60, "the clients' connections closed on the SD", 0.2)
-        closed = {r: metric_sum(http_get(base + "/metrics")[1].decode(), "sensor_sd_http_connections_closed_total",
+        closed = {r: metric_sum(scrape(base), "sensor_sd_http_connections_closed_total",
                                 reason=r) for r in ("over_limit", "evicted", "write_timeout")}
         # RSS once they are gone: the lowest over 5 s (the allocator hands pages back as it can).
         after = proc_kib(pid, "VmRSS")

@@ -437,10 +437,15 @@ class Connections:
             self._waiting.popleft().refuse()
         proto.wait()
         self._waiting.append(proto)
-        self._admit_waiting()
+        if len(self._open) < self.limit:
+            self._admit_waiting()
+        else:  # at the cap: one scan for all the connections accepted in this loop iteration
+            self._schedule(0)
 
     def _admit_waiting(self) -> None:
-        self._recheck = None
+        if self._recheck is not None:  # one pending run at most, however it was asked for
+            self._recheck.cancel()
+            self._recheck = None
         now = time.monotonic()
         victims: list[_Conn] | None = None
         while self._waiting:
@@ -455,8 +460,16 @@ class Connections:
             proto.serve(conn)
         self.metrics.connections.set(len(self._open))
         self._crowd = max(self._crowd, len(self._open))
-        if self._waiting and self._recheck is None:  # a served connection may become displaceable with time
-            self._recheck = asyncio.get_running_loop().call_later(_RECHECK_SECONDS, self._admit_waiting)
+        if self._waiting:  # a served connection may become displaceable with time
+            self._schedule(_RECHECK_SECONDS)
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._recheck is not None and self._recheck.when() <= loop.time() + delay:
+            return
+        if self._recheck is not None:
+            self._recheck.cancel()
+        self._recheck = loop.call_later(delay, self._admit_waiting)
 
     def _stuck(self, now: float) -> list[_Conn]:
         """Served connections that may be displaced now, the longest displaceable last."""
@@ -480,7 +493,7 @@ class Connections:
     def release(self, conn: _Conn) -> None:
         self._drop(conn)
         if self._waiting:
-            asyncio.get_running_loop().call_soon(self._admit_waiting)
+            self._schedule(0)
 
     def _drop(self, conn: _Conn) -> None:
         if conn.gone:
