@@ -379,7 +379,7 @@ class _Conn:
 
     __slots__ = ("transport", "idle_since", "busy", "unanswered_since", "paused_since", "timer", "gone")
 
-    def __init__(self, transport: asyncio.BaseTransport, now: float) -> None:
+    def __init__(self, transport: asyncio.Transport, now: float) -> None:
         self.transport = transport
         self.idle_since = now  # its last request answered then
         self.busy = 0  # requests of it inside a handler
@@ -421,14 +421,14 @@ class Connections:
     def __init__(self, metrics: ServerMetrics) -> None:
         self.limit = 512
         self.metrics = metrics
-        self._open: dict[asyncio.BaseTransport, _Conn] = {}
+        self._open: dict[asyncio.Transport, _Conn] = {}
         self._waiting: deque[_Gated] = deque()
         self._recheck: asyncio.TimerHandle | None = None
         self._crowd = 0  # most connections served since memory was last handed back
         metrics.write_buffered.set_function(self._buffered)
 
     def _buffered(self) -> float:
-        return float(sum(t.get_write_buffer_size() for t in list(self._open) if isinstance(t, asyncio.WriteTransport)))
+        return float(sum(t.get_write_buffer_size() for t in list(self._open)))
 
     def arrive(self, proto: _Gated) -> None:
         """A new connection: served now, made to wait, or refused."""
@@ -557,28 +557,31 @@ class _Gated(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, gate: Connections) -> None:
         self._inner = inner
         self._gate = gate
-        self.transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._conn: _Conn | None = None
         self._waiting = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        assert isinstance(transport, asyncio.Transport)  # TCP, or TLS over it
+        self._transport = transport
         self._gate.arrive(self)
 
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None, "used before connection_made"
+        return self._transport
+
     def wait(self) -> None:
-        assert isinstance(self.transport, asyncio.Transport)
         self._waiting = True
         self.transport.pause_reading()  # its request stays in the kernel until it is served
 
     def refuse(self) -> None:
-        assert isinstance(self.transport, asyncio.Transport)
         self._waiting = False
         self.transport.write(_OVER_LIMIT)
         self.transport.close()
 
     def serve(self, conn: _Conn) -> None:
         transport = self.transport
-        assert isinstance(transport, asyncio.Transport)
         self._conn, self._waiting = conn, False
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         sock = transport.get_extra_info("socket")
