@@ -505,7 +505,7 @@ class Connections:
         self.metrics.connections.set(len(self._open))
         if self._crowd >= 64 and len(self._open) + len(self._waiting) <= self._crowd // 16:  # the crowd has gone
             self._crowd = len(self._open)
-            asyncio.get_running_loop().call_soon(_release_memory)
+            asyncio.get_running_loop().call_later(1.0, _release_memory)  # once their buffers are freed too
 
     def paused(self, conn: _Conn) -> None:
         conn.paused_since = time.monotonic()
