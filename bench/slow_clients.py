@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Clients that never read: `sensor-sd run` at 100k targets under 3,000 of them.
 
-    python bench/slow_clients.py            # 100k targets, 3,000 clients, 20 s hold; writes bench/out/slow-clients.md
+    python bench/slow_clients.py            # 100k targets, 3,000 clients, 20 s hold, caps 512 and 4096 (~4 min);
+                                            # writes bench/out/slow-clients-full.md and .json
+    python bench/slow_clients.py --clients 1000 --caps 512   # a reduced run on a busy machine
     python bench/slow_clients.py --smoke    # seconds: 1k targets, 200 clients, writes nothing
 
 Each client connects, sends `GET /targets` (1.9 MB at 100k targets) and never
