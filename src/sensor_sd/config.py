@@ -63,6 +63,7 @@ class Settings:
     inventory_token_file: Path | None = None
     inventory_ca_file: Path | None = None
     web_config_file: Path | None = None
+    web_max_connections: int = 512
     log_format: str = "json"
     log_level: str = "info"
 
@@ -334,9 +335,14 @@ OPTIONS: tuple[_Option, ...] = (
             "bearer token file"),
     _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _check_ca), "CA bundle for the inventory"),
     _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "exporter-toolkit web config"),
+    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000),
+            "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
     _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
     _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
 )
+
+# Spelled as Prometheus spells its own flag, besides the --web-max-connections every variable gets.
+_FLAG_ALIASES: Mapping[str, tuple[str, ...]] = {"WEB_MAX_CONNECTIONS": ("--web.max-connections",)}
 
 DEFAULTS: Mapping[str, str] = {
     "INVENTORY_URL": "http://inventory_server:1337/inventory",
@@ -355,6 +361,7 @@ DEFAULTS: Mapping[str, str] = {
     "INVENTORY_TOKEN_FILE": "",
     "INVENTORY_CA_FILE": "",
     "WEB_CONFIG_FILE": "",
+    "WEB_MAX_CONNECTIONS": "512",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
 }
@@ -363,7 +370,7 @@ DEFAULTS: Mapping[str, str] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--flag` per variable; unset flags stay None so the environment applies."""
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
+        parser.add_argument(opt.flag, *_FLAG_ALIASES.get(opt.env, ()), dest=opt.field, default=None, metavar=opt.env,
                             help=f"{opt.help} (env {opt.env}, default {DEFAULTS[opt.env]!r})")
 
 
