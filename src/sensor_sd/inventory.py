@@ -20,6 +20,7 @@ import orjson
 from sensor_sd import __version__
 from sensor_sd.config import Settings, Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
+from sensor_sd.files import TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
 USER_AGENT = f"sensor-sd/{__version__}"
 _MIN_CONNECTIONS = 16
@@ -88,11 +89,12 @@ class Client:
         if validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
         if self._token_file is not None:
-            # Re-read on every request so a rotated token is picked up, as Prometheus does.
+            # Re-read on every request so a rotated token is picked up, as Prometheus does; bounded and
+            # non-blocking, so a token swapped for a FIFO or /dev/zero fails the poll instead of the loop.
             try:
-                token = self._token_file.read_text().strip()
-            except OSError as exc:
-                raise FetchError(f"cannot read INVENTORY_TOKEN_FILE: {exc.strerror}") from None
+                token = read_regular(self._token_file, TOKEN_FILE_LIMIT).decode().strip()
+            except (UnreadableFile, UnicodeDecodeError) as exc:
+                raise FetchError(f"cannot read INVENTORY_TOKEN_FILE: {exc}") from None
             headers["Authorization"] = f"Bearer {token}"
         return headers
 

@@ -165,7 +165,8 @@ class Discoverer:
         self._metrics = metrics
         self._log = logger
         self._clock = clock
-        self._file = FilePublisher(settings.targets_file) if settings.targets_file else None
+        self._file = (FilePublisher(settings.targets_file, on_restore=self._file_restored)
+                      if settings.targets_file else None)
         self._states = {s.name: _SourceState(s, DropGuard(settings.max_drop_ratio, settings.drop_confirmations,
                                                           window=settings.drop_window, hold=settings.drop_hold))
                         for s in settings.sources}
@@ -194,6 +195,17 @@ class Discoverer:
                          st.guard.since, st.guard.release)
             for st in self._states.values()
         )
+
+    @property
+    def file(self) -> FilePublisher | None:
+        """The targets file's publisher (the CLI claims and watches it); None when TARGETS_FILE is empty."""
+        return self._file
+
+    def _file_restored(self, why: str) -> None:
+        """The published file vanished or changed under us and was rewritten from the snapshot."""
+        self._metrics.file_restores.inc()
+        event(self._log, logging.WARNING, "targets file changed under sensor-sd, rewritten from the snapshot",
+              file=str(self.settings.targets_file), found=why)
 
     # --- start-up --------------------------------------------------------
 
