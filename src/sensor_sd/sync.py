@@ -314,11 +314,11 @@ class Discoverer:
         added, removed = changes
         now = self._clock()
         if dry_run:  # the guard's answer for this list, its state untouched
-            decision = st.guard.decide(current, new, len(removed), now)
-            result = ("held" if not decision.apply else
+            verdict = st.guard.decide(current, new, len(removed), now)
+            result = ("held" if not verdict.apply else
                       "unchanged" if st.group is not None and not added and not removed else "success")
             return PollResult(name, result, len(new), added, removed, duration,
-                              guard=decision if decision.drop else None)
+                              guard=verdict if verdict.drop else None)
         decision = st.guard.check(current, new, len(removed), now) if not force else None
         if decision is not None and not decision.apply:
             m.guard_active.labels(source=name).set(1)
