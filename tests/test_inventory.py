@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -193,3 +195,63 @@ def test_a_closed_connection_in_plain_words() -> None:
         assert str(info.value) == "the inventory closed the connection without answering", str(info.value)
 
     serve(handler, test)
+
+
+# --- Content-Encoding: decoded by sensor-sd, a lie is a decode error ---------------------------------
+
+_BODY = b'["sensor_1", "sensor_2"]'
+
+
+def _fetch_encoded(body: bytes, encoding: str, **env: str) -> bytes:
+    """GET a body sent with the given Content-Encoding header; the decoded body (or the error raised)."""
+    got: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        assert "gzip" in request.headers.get("Accept-Encoding", "")
+        return web.Response(body=body, headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url.replace("localhost", "127.0.0.1"), **env)) as client:
+            response = await client.fetch(Source("inv", url.replace("localhost", "127.0.0.1")), Validators())
+            assert response.body is not None
+            got.append(response.body)
+
+    serve(handler, test)
+    return got[0]
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(("body", "encoding"), [
+    (gzip.compress(_BODY), "gzip"), (gzip.compress(_BODY), "x-gzip"), (gzip.compress(_BODY), " GZIP "),
+    (zlib.compress(_BODY), "deflate"), (_raw_deflate(_BODY), "deflate"), (_BODY, "identity"), (_BODY, ""),
+], ids=["gzip", "x-gzip", "GZIP-spaced", "deflate-zlib", "deflate-raw", "identity", "none"])
+def test_compressed_bodies_are_decoded(body: bytes, encoding: str) -> None:
+    assert _fetch_encoded(body, encoding) == _BODY
+
+
+@pytest.mark.parametrize(("body", "encoding"), [
+    (_BODY, "gzip"),  # plain JSON labelled gzip
+    (_BODY, "deflate"),
+    (gzip.compress(_BODY * 50)[:40], "gzip"),  # the stream ends early
+    (gzip.compress(_BODY) + b"trailing", "gzip"),  # bytes after the end of the stream
+    (gzip.compress(_BODY), "deflate, gzip"),
+    (_BODY, "br"),
+    (_BODY, "x-unknown"),
+    (b"", "gzip"),
+], ids=["plain-as-gzip", "plain-as-deflate", "gzip-cut", "gzip-trailing-bytes", "two-encodings", "br", "unknown",
+        "empty-gzip"])
+def test_a_body_that_does_not_decode_as_labelled_is_a_decode_error(body: bytes, encoding: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        _fetch_encoded(body, encoding)
+    assert caught.value.reason == "decode" and "\n" not in str(caught.value)
+
+
+def test_a_gzip_bomb_stops_at_the_decoded_cap() -> None:
+    bomb = gzip.compress(b"[" + b"0," * 25_000_000 + b"0]", compresslevel=9)  # 50 MB decoded, ~50 KB sent
+    assert len(bomb) < 200_000
+    with pytest.raises(BodyTooLarge):
+        _fetch_encoded(bomb, "gzip", MAX_RESPONSE_BYTES="1000000")

@@ -302,3 +302,183 @@ def test_run_loop_polls_and_stops(tmp_path: Path) -> None:
         assert len(env.file_targets()) == 101
 
     run(t, tmp_path)
+
+
+# --- nothing ends the loop: bounded backoff, the fence, outage logs --------------------------------
+
+
+class Records(logging.Handler):
+    """Log records of one test, kept for assertions."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, *needles: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if any(n in r.getMessage() for n in needles)]
+
+
+def recording_logger(name: str) -> tuple[logging.Logger, Records]:
+    logger = logging.getLogger(f"sensor_sd.test.{name}")
+    handler = Records()
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger, handler
+
+
+@pytest.mark.parametrize("failures", [1, 1_024, 1_025, 1_100, 10**6, 10**12])
+@pytest.mark.parametrize("interval", [0.001, 30.0, 86_400.0])
+def test_backoff_stays_finite_and_capped_by_the_interval(interval: float, failures: int) -> None:
+    from sensor_sd.sync import backoff_delay
+
+    delays = [backoff_delay(interval, failures) for _ in range(50)]
+    assert all(0 < d <= interval for d in delays)
+
+
+def test_a_long_outage_at_a_tiny_interval_does_not_end_the_loop(tmp_path: Path) -> None:
+    """More than 1,025 failed polls in a row: the backoff arithmetic must not overflow."""
+    from sensor_sd.sim.stack import free_port
+
+    async def t(env: Env) -> None:
+        s = env.settings(INVENTORY_URL=f"inv=http://127.0.0.1:{free_port()}/inventory", UPDATE_INTERVAL="0.001")
+        metrics = Metrics(CollectorRegistry())
+        logger, records = recording_logger("outage")
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, logger)
+            task = asyncio.create_task(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 60
+            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="unreachable") < 1_100:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline, "fewer than 1,100 polls in 60 s"
+                await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert len(records.messages("inventory poll failed")) == 1  # not one line per failed poll
+
+    run(t, tmp_path)
+
+
+def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug of ours in a poll: counted as reason="internal", traceback logged once, last good kept, loop goes on."""
+    import sensor_sd.sync
+
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        before = (env.tmp / "targets.json").read_bytes()
+        await env.put("/admin/sensors", [f"sensor_{i}" for i in range(100)] + ["sensor_new"])
+
+        def broken(box: list[bytes], port: int) -> None:
+            raise ZeroDivisionError("a bug of ours\nover two lines")
+
+        monkeypatch.setattr(sensor_sd.sync, "validate_body", broken)
+        s = env.settings(UPDATE_INTERVAL="0.01")
+        metrics = Metrics(CollectorRegistry())
+        logger, records = recording_logger("fence")
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, logger)
+            d.load_file()
+            task = asyncio.create_task(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 20
+            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") < 5:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            assert (env.tmp / "targets.json").read_bytes() == before
+            assert d.snapshot is not None and d.snapshot.count == 100
+            [status] = d.status()
+            assert status.last_error == "internal: ZeroDivisionError: a bug of ours over two lines"
+            [r] = await d.refresh()  # POST /-/refresh takes the same fenced path: an error result, not a 500
+            assert (r.result, r.reason) == ("error", "internal")
+            with_traceback = [rec for rec in records.records if rec.exc_info]
+            assert len(with_traceback) == 1 and with_traceback[0].levelno == logging.ERROR
+            monkeypatch.undo()  # the bug is fixed: the next poll applies the new list
+            while d.snapshot.count != 101:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert "sensor_new:9100" in env.file_targets()
+        assert len(records.messages("inventory recovered")) == 1
+
+    run(t, tmp_path)
+
+
+def test_an_outage_logs_its_start_reminders_and_recovery_not_every_poll(tmp_path: Path) -> None:
+    """100 failed polls 10 s apart: one line at the start, one every 5 minutes, one on recovery."""
+    async def t(env: Env) -> None:
+        now = [1_000_000.0]
+        s = env.settings()
+        logger, records = recording_logger("reminders")
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), logger, clock=lambda: now[0])
+            await d.poll_all()
+            await env.fault("status", code=503)
+            for _ in range(100):
+                now[0] += 10
+                [r] = await d.poll_all()
+                assert r.result == "error"
+            await env.clear()
+            now[0] += 10
+            [r] = await d.poll_all()
+            assert r.result in ("success", "unchanged")
+        failing = records.messages("inventory poll failed", "inventory still failing")
+        # the first failure at t=10 s, then reminders at 310, 610 and 910 s
+        assert [rec.__dict__.get("failures") for rec in failing] == [1, 31, 61, 91]
+        assert all(rec.levelno == logging.WARNING for rec in failing)
+        assert [rec.__dict__.get("failing_for") for rec in failing[1:]] == [300.0, 600.0, 900.0]
+        [recovered] = records.messages("inventory recovered")
+        assert recovered.__dict__["failures"] == 100 and recovered.__dict__["failed_for"] == 1_000.0
+
+    run(t, tmp_path)
+
+
+def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug of ours in building the snapshot: the loop and refresh go on, the previous file and snapshot stay."""
+    import sensor_sd.sync
+
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        before = (env.tmp / "targets.json").read_bytes()
+        await env.put("/admin/sensors", [f"sensor_{i}" for i in range(101)])
+
+        class Broken:
+            @staticmethod
+            def build(groups: object) -> None:
+                raise KeyError("a bug of ours")
+
+        s = env.settings(UPDATE_INTERVAL="0.01")
+        metrics = Metrics(CollectorRegistry())
+        logger, records = recording_logger("publish_fence")
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, logger)
+            d.load_file()
+            monkeypatch.setattr(sensor_sd.sync, "Snapshot", Broken)
+            [r] = await d.refresh()  # POST /-/refresh and `once` take this path
+            assert r.result == "success"
+            task = asyncio.create_task(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 20
+            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") < 5:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            assert d.snapshot is not None and d.snapshot.count == 100
+            assert (env.tmp / "targets.json").read_bytes() == before
+            assert len([rec for rec in records.records if rec.exc_info]) == 1
+            monkeypatch.undo()
+            while d.snapshot.count != 101:
+                assert not task.done(), task.exception()
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert len(env.file_targets()) == 101
+
+    run(t, tmp_path)

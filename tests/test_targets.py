@@ -12,15 +12,18 @@ from hypothesis import strategies as st
 
 from sensor_sd.targets import (
     REASONS, Snapshot, TargetGroup, group_labels, hashmod, normalize, parse_file, render, shard, validate,
+    validate_body,
 )
 
 
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ("sensor_0", "sensor_0:9100"), ("Sensor-7.store.example", "Sensor-7.store.example:9100"),
+        ("sensor_0", "sensor_0:9100"), ("Sensor-7.store.example", "sensor-7.store.example:9100"),
         ("host:80", "host:80"), ("10.0.0.1", "10.0.0.1:9100"), ("10.0.0.1:9", "10.0.0.1:9"),
-        ("fqdn.example.", "fqdn.example.:9100"), ("a" * 63, "a" * 63 + ":9100"),
+        ("fqdn.example.", "fqdn.example:9100"), ("FQDN.Example.:80", "fqdn.example:80"), ("a" * 63, "a" * 63 + ":9100"),
+        ("[2001:DB8::A]", "[2001:db8::a]:9100"), ("[2001:db8:0:0::a]:80", "[2001:db8::a]:80"),
+        ("[::FFFF:192.0.2.1]", "[::ffff:192.0.2.1]:9100"), ("[2001:db8:0:1:1:1:1:1]", "[2001:db8:0:1:1:1:1:1]:9100"),
     ],
 )
 def test_valid_entries(entry: str, expected: str) -> None:
@@ -43,6 +46,8 @@ def test_bracketed_ipv6() -> None:
         ("sensor_1:", "bad_port"), ("sensor_1:080", "bad_port"), ("-sensor", "bad_host"), ("a..b", "bad_host"),
         ("sensor-", "bad_host"), (".sensor", "bad_host"), ("::1", "bad_host"), ("[zz]", "bad_host"),
         ("[::1]:0", "bad_port"), ("a" * 64, "bad_host"), ("sénsor", "bad_host"), ("sensor_1:9:9", "bad_host"),
+        ("[::1", "bad_host"), ("[fe80::6%25eth0]", "ipv6_zone"), ("[fe80::6%eth0]:9100", "ipv6_zone"),
+        ("SENSOR\u0130", "bad_host"), (".", "bad_host"), ("a..", "bad_host"),
     ],
 )
 def test_invalid_entries_are_dropped_with_reason(entry: object, reason: str) -> None:
@@ -135,3 +140,43 @@ def test_fast_path_agrees_with_per_entry_path(names: list[str]) -> None:
     slow = validate([*names, 1], 9100)  # a non-string forces the per-entry path
     assert fast.targets == slow.targets
     assert dict(slow.invalid) == {"not_string": 1}
+
+
+# --- one canonical form per host (SPEC §7) ------------------------------------------------------------
+
+_LONG_HOST = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters, the DNS limit
+
+
+@pytest.mark.parametrize(
+    ("spellings", "target"),
+    [
+        (["Sensor_1", "sensor_1", "SENSOR_1", "sensor_1:9100", "SeNsOr_1.:9100"], "sensor_1:9100"),
+        (["sensor_2.", "sensor_2", "SENSOR_2."], "sensor_2:9100"),
+        (["[2001:DB8::A]", "[2001:db8:0::a]", "[2001:0db8:0000:0000:0000:0000:0000:000a]:9100"], "[2001:db8::a]:9100"),
+        (["[::ffff:c000:201]", "[::FFFF:192.0.2.1]:9100"], "[::ffff:192.0.2.1]:9100"),
+    ],
+)
+def test_each_host_has_one_canonical_target(spellings: list[str], target: str) -> None:
+    """The same sensor spelled several ways is one target, whichever path (fast or entry by entry) sees it."""
+    assert validate(spellings, 9100).targets == (target,)
+    for spelling in spellings:
+        assert normalize(spelling, 9100) == (target, None)
+    bare = [s for s in spellings if ":" not in s and not s.endswith(".")]  # the bodies the fast paths take
+    if bare:
+        assert validate(bare, 9100).targets == (target,)
+        assert validate_body([orjson.dumps(bare)], 9100) == validate(bare, 9100)
+
+
+def test_the_253_character_limit_counts_the_host_without_its_port() -> None:
+    assert len(_LONG_HOST) == 253
+    for entry in (_LONG_HOST, _LONG_HOST + ".", _LONG_HOST + ":9100", _LONG_HOST.upper() + ".:65535"):
+        target, reason = normalize(entry, 9100)
+        assert reason is None and target is not None and target.rpartition(":")[0] == _LONG_HOST, entry
+    for entry in ("e" + _LONG_HOST, "e" + _LONG_HOST + ":9100", "e" + _LONG_HOST + ".:1"):
+        assert normalize(entry, 9100) == (None, "too_long"), entry
+
+
+def test_targets_are_their_own_canonical_form() -> None:
+    """Validating published targets again changes nothing (a loaded file is validated like a poll)."""
+    targets = validate(["A.b.", "[2001:DB8::1]:80", "x:1", "Y"], 9100).targets
+    assert validate(list(targets), 1).targets == targets

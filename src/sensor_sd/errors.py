@@ -66,6 +66,12 @@ class DecodeError(InventoryError):
     reason = "decode"
 
 
+class InternalError(InventoryError):
+    """A bug of ours raised something unexpected during a poll; the fence turned it into a failed poll."""
+
+    reason = "internal"
+
+
 class PublishError(SensorSDError):
     """Writing an output failed; the previous output stays in place."""
 

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import socket
 import ssl
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class Client:
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=True
+            connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=False
         )
         return self
 
@@ -82,7 +83,7 @@ class Client:
             await self._session.close()
 
     def _headers(self, validators: Validators) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
         if validators.etag:
             headers["If-None-Match"] = validators.etag
         if validators.last_modified:
@@ -121,16 +122,77 @@ class Client:
             raise FetchError(_describe(exc)) from None
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, whatever the parser has buffered at a time, joined once at the end (one copy)."""
+        """The body, decoded per Content-Encoding, joined once at the end (one copy).
+
+        Decoding here rather than in the client library makes a body that
+        does not decode as it claims a decode error (not a network one), caps
+        the *decoded* size (a gzip bomb stops at MAX_RESPONSE_BYTES) and
+        refuses a compressed stream that ends early or has bytes after its end.
+        """
+        decoder = _Decoder.for_encoding(resp.headers.get("Content-Encoding", ""))
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():
+            if decoder is not None:
+                chunk = decoder.feed(chunk, self._limit + 1 - size)
             size += len(chunk)
             if size > self._limit:
                 resp.close()  # drop the connection instead of draining the rest
                 raise BodyTooLarge(f"body exceeds MAX_RESPONSE_BYTES {self._limit}")
             chunks.append(chunk)
+        if decoder is not None:
+            decoder.finish()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Decoder:
+    """One gzip or deflate stream, decoded chunk by chunk with a bound on what one chunk may expand to."""
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._zlib: zlib._Decompress | None = None
+
+    @classmethod
+    def for_encoding(cls, header: str) -> _Decoder | None:
+        encoding = header.strip().lower()
+        if encoding in ("", "identity"):
+            return None
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise DecodeError(f"unsupported Content-Encoding: {header.strip()[:40]!r} (gzip and deflate are)")
+        return cls(encoding)
+
+    def _error(self, what: str) -> DecodeError:
+        return DecodeError(f"body does not decode as Content-Encoding {self._encoding}: {what}")
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        """Decoded bytes of `data`, at most `limit` (> 0) of them plus one: enough to tell the cap was passed."""
+        if self._zlib is None:
+            # deflate is meant to be zlib-wrapped, but raw deflate is common; gzip has its own header.
+            wbits = 31 if self._encoding != "deflate" else 15 if _zlib_header(data) else -15
+            self._zlib = zlib.decompressobj(wbits)
+        if self._zlib.eof:
+            if data:
+                raise self._error("bytes after the end of the compressed stream")
+            return b""
+        try:
+            out = self._zlib.decompress(data, limit)
+        except zlib.error as exc:
+            raise self._error(str(exc)) from None
+        if self._zlib.unconsumed_tail:  # more than `limit` decoded bytes in this chunk: past the cap
+            return out + b"\0"
+        if self._zlib.unused_data:
+            raise self._error("bytes after the end of the compressed stream")
+        return out
+
+    def finish(self) -> None:
+        if self._zlib is None:  # an empty body: nothing was compressed
+            raise self._error("empty body")
+        if not self._zlib.eof:
+            raise self._error("the compressed stream ends early")
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 _ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "connection timed out",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sensor_sd.config import Settings, Source
-from sensor_sd.errors import InventoryError, PublishError
+from sensor_sd.errors import InternalError, InventoryError, PublishError
 from sensor_sd.guard import Decision, DropGuard
 from sensor_sd.inventory import Client, Validators, parse_body
 from sensor_sd.log import event
@@ -28,12 +28,14 @@ from sensor_sd.targets import (
     Validated,
     group_labels,
     parse_file,
-    sorted_unique,
     validate,
     validate_body,
+    validate_targets,
 )
 
 RECENT_CHANGES = 20
+OUTAGE_REMINDER_SECONDS = 300.0  # while a source fails, one reminder line at most this often
+BACKOFF_MAX_EXPONENT = 30  # 2**30 s is far above any UPDATE_INTERVAL: the cap, not the exponent, decides
 CHANGE_NAMES = 5  # names kept per change for the status page; the counts are exact
 _LOG_NAMES = 10
 
@@ -104,6 +106,9 @@ class _SourceState:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.failures = 0
+        self.outage_since: float | None = None  # first failed poll of the current outage
+        self.reminded: float | None = None  # last time the outage was logged
+        self.faults_logged: set[str] = set()  # signatures of internal faults already logged with their traceback
 
 
 _DIFF_BLOCK = 4096
@@ -223,14 +228,29 @@ class Discoverer:
         for group in groups:
             st = self._states.get(group.source)
             if st is not None and st.group is None:
-                # Sorted and deduplicated like a poll's targets (a file we wrote already is), as `diff` expects.
-                st.group = TargetGroup(group.source, sorted_unique(list(group.targets)), self._labels[group.source])
-                self._metrics.targets.labels(source=group.source).set(len(group.targets))
-                loaded += len(group.targets)
+                targets = self._validate_loaded(group)
+                st.group = TargetGroup(group.source, targets, self._labels[group.source])
+                self._metrics.targets.labels(source=group.source).set(len(targets))
+                loaded += len(targets)
         self._snapshot = Snapshot.build(self._groups())
         event(self._log, logging.INFO, "loaded targets file as last known good", file=str(self._file.path),
               targets=loaded)
         return True
+
+    def _validate_loaded(self, group: TargetGroup) -> tuple[str, ...]:
+        """A loaded group's targets validated like a poll's: canonical, sorted, deduplicated (as `diff` expects).
+
+        The file may be older than today's rules or edited by hand; what the
+        validation drops is counted and logged, never served.
+        """
+        validated = validate_targets(group.targets, self.settings.metrics_port)
+        for reason, count in validated.invalid.items():
+            self._metrics.invalid.labels(source=group.source, reason=reason).inc(count)
+        if validated.invalid:
+            event(self._log, logging.WARNING, "invalid entries in the targets file dropped", source=group.source,
+                  file=str(self._file.path) if self._file else "", invalid=dict(validated.invalid),
+                  examples=[f"{r}: {e}" for r, e in validated.examples])
+        return validated.targets
 
     # --- polling ---------------------------------------------------------
 
@@ -241,7 +261,12 @@ class Discoverer:
         """
         st = self._states[name]
         async with st.lock:
-            return await self._poll_locked(st, force, dry_run)
+            started = time.perf_counter()
+            try:
+                return await self._poll_locked(st, force, dry_run)
+            except Exception as exc:  # the fence: a bug of ours fails this poll, never the daemon
+                st.validators = Validators()  # fetch the whole body next time, not a 304 for a list never applied
+                return self._failed(st, InternalError(_describe_fault(exc)), time.perf_counter() - started, exc)
 
     async def _poll_locked(self, st: _SourceState, force: bool, dry_run: bool = False) -> PollResult:
         name = st.source.name
@@ -268,7 +293,7 @@ class Discoverer:
             m.request_duration.labels(source=name).observe(duration)
             return self._failed(st, exc, duration)
         st.validators = validators
-        st.failures = 0
+        self._recovered(st)
         st.last_success = self._clock()
         st.last_error = None
         m.inventory_up.labels(source=name).set(1)
@@ -289,11 +314,11 @@ class Discoverer:
         added, removed = changes
         now = self._clock()
         if dry_run:  # the guard's answer for this list, its state untouched
-            decision = st.guard.decide(current, new, len(removed), now)
-            result = ("held" if not decision.apply else
+            verdict = st.guard.decide(current, new, len(removed), now)
+            result = ("held" if not verdict.apply else
                       "unchanged" if st.group is not None and not added and not removed else "success")
             return PollResult(name, result, len(new), added, removed, duration,
-                              guard=decision if decision.drop else None)
+                              guard=verdict if verdict.drop else None)
         decision = st.guard.check(current, new, len(removed), now) if not force else None
         if decision is not None and not decision.apply:
             m.guard_active.labels(source=name).set(1)
@@ -324,7 +349,8 @@ class Discoverer:
             validated = validate(parse_body(box.pop()), self.settings.metrics_port)
         return validated, diff(current or (), validated.targets)
 
-    def _failed(self, st: _SourceState, exc: InventoryError, duration: float) -> PollResult:
+    def _failed(self, st: _SourceState, exc: InventoryError, duration: float,
+                fault: BaseException | None = None) -> PollResult:
         name = st.source.name
         st.failures += 1
         st.last_result = "error"
@@ -333,12 +359,47 @@ class Discoverer:
         self._metrics.errors.labels(source=name, reason=exc.reason).inc()
         self._metrics.inventory_up.labels(source=name).set(0)
         kept = len(st.group.targets) if st.group else 0
-        known = {"kept": kept} if st.group is not None else {}  # never claim to keep what never existed
-        event(self._log, logging.WARNING, "inventory poll failed, keeping last known good targets" if known else
-              "inventory poll failed, no targets known yet", source=name, url=st.source.display_url,
-              result="error", reason=exc.reason, error=str(exc), **known, failures=st.failures,
-              duration=round(duration, 4))
+        self._log_failure(st, exc, duration, fault)
         return PollResult(name, "error", kept, duration=duration, error=st.last_error, reason=exc.reason)
+
+    def _log_failure(self, st: _SourceState, exc: InventoryError, duration: float,
+                     fault: BaseException | None) -> None:
+        """One line when an outage starts, a reminder at most every OUTAGE_REMINDER_SECONDS, not one per poll.
+
+        An internal fault is logged with its traceback once per distinct fault
+        (type and place), so a bug hit on every poll does not flood the log.
+        """
+        now = self._clock()
+        if st.failures == 1 or st.outage_since is None:
+            st.outage_since = now
+        traceback = fault is not None and _first_sighting(st, fault)
+        first = st.failures == 1
+        if not (first or traceback or st.reminded is None or now - st.reminded >= OUTAGE_REMINDER_SECONDS):
+            return
+        st.reminded = now
+        known = {"kept": len(st.group.targets)} if st.group is not None else {}  # never claim what never existed
+        if first:
+            msg = ("inventory poll failed, keeping last known good targets" if known else
+                   "inventory poll failed, no targets known yet")
+        else:
+            msg = "inventory still failing, keeping last known good targets" if known else \
+                "inventory still failing, no targets known yet"
+        fields: dict[str, object] = {
+            "source": st.source.name, "url": st.source.display_url, "result": "error", "reason": exc.reason,
+            "error": str(exc), **known, "failures": st.failures, "duration": round(duration, 4)}
+        if not first:
+            fields.update(failing_since=st.outage_since, failing_for=round(now - st.outage_since, 1))
+        level = logging.ERROR if fault is not None else logging.WARNING
+        self._log.log(level, msg, extra=fields, exc_info=fault if traceback else None)
+
+    def _recovered(self, st: _SourceState) -> None:
+        """The first good poll after an outage: one line with its length, and the outage state reset."""
+        if st.failures and st.outage_since is not None:
+            event(self._log, logging.INFO, "inventory recovered", source=st.source.name,
+                  url=st.source.display_url, failures=st.failures,
+                  failed_for=round(self._clock() - st.outage_since, 1))
+        st.failures = 0
+        st.outage_since = st.reminded = None
 
     def _finish(self, st: _SourceState, result: str, added: tuple[str, ...], removed: tuple[str, ...],
                 duration: float, guard: Decision | None = None) -> PollResult:
@@ -383,8 +444,9 @@ class Discoverer:
     async def poll_all(self, *, force: bool = False) -> list[PollResult]:
         """Poll every source concurrently, then publish once."""
         results = await asyncio.gather(*(self.poll(name, force=force) for name in self._states))
-        if any(r.result in ("success", "unchanged") for r in results):
-            await self.publish()
+        good = [self._states[r.source] for r in results if r.result in ("success", "unchanged")]
+        if good:
+            await self._publish_fenced(*good)
         return list(results)
 
     async def refresh(self) -> list[PollResult]:
@@ -402,16 +464,65 @@ class Discoverer:
         while not stop.is_set():
             result = await self.poll(name)
             if result.result in ("success", "unchanged"):
-                await self.publish()
+                await self._publish_fenced(st)
             try:
                 await asyncio.wait_for(stop.wait(), self._delay(st))
             except asyncio.TimeoutError:
                 pass
 
+    async def _publish_fenced(self, *states: _SourceState) -> None:
+        """`publish`, with a bug of ours in it counted and logged as an internal fault instead of raising.
+
+        Counted for the sources whose polls led to it; the traceback is logged
+        once per distinct fault, like a poll's.
+        """
+        try:
+            await self.publish()
+        except Exception as exc:  # the fence; the previous file and snapshot stay
+            fresh = [_first_sighting(st, exc) for st in states]  # every source records it
+            for st in states:
+                self._metrics.errors.labels(source=st.source.name, reason=InternalError.reason).inc()
+            if any(fresh):
+                self._log.error("publishing failed with an internal error, previous targets kept",
+                                extra={"sources": [st.source.name for st in states], "error": _describe_fault(exc)},
+                                exc_info=exc)
+
     def _delay(self, st: _SourceState) -> float:
-        """The interval, or after failures exponential backoff with full jitter capped by it."""
-        interval = self.settings.update_interval
-        if st.failures == 0:
-            return interval
-        cap = min(interval, min(1.0, interval) * 2 ** (st.failures - 1))
-        return max(cap / 10, random.uniform(0, cap))
+        return backoff_delay(self.settings.update_interval, st.failures)
+
+
+def backoff_delay(interval: float, failures: int) -> float:
+    """The interval, or after failures exponential backoff with full jitter capped by it.
+
+    The exponent is capped, so any number of failures (a weekend-long
+    outage, or millions of polls at a tiny interval) stays finite arithmetic.
+    """
+    if failures <= 0:
+        return interval
+    cap = min(interval, min(1.0, interval) * 2.0 ** min(failures - 1, BACKOFF_MAX_EXPONENT))
+    return max(cap / 10, random.uniform(0, cap))
+
+
+_FAULTS_REMEMBERED = 16  # distinct internal faults logged with a traceback per source; then the reminders only
+
+
+def _describe_fault(exc: BaseException) -> str:
+    """One bounded line for an unexpected exception (its text may be huge, multi-line, or fail to render)."""
+    try:
+        text = " ".join(str(exc)[:1000].split())[:200]
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still a fault to report
+        text = "(no message)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _first_sighting(st: _SourceState, exc: BaseException) -> bool:
+    """True the first time this fault (type and innermost place) is seen for the source: log its traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    signature = f"{type(exc).__qualname__}@{where}"
+    if signature in st.faults_logged or len(st.faults_logged) >= _FAULTS_REMEMBERED:
+        return False
+    st.faults_logged.add(signature)
+    return True

@@ -14,67 +14,90 @@ import itertools
 import operator
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-MAX_ENTRY_LENGTH = 253
+MAX_ENTRY_LENGTH = 253  # of the host, without its port and its trailing dot (the DNS limit)
+_MAX_WITH_PORT = MAX_ENTRY_LENGTH + len(".:65535")  # no valid entry is longer than this
 
 # A DNS-ish hostname label; `_` is allowed because the real sensors use it.
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_HOST_PORT_RE = re.compile(rf"({_LABEL}(?:\.{_LABEL})*\.?)(?::([0-9]{{1,5}}))?")
+_HOST_PORT_RE = re.compile(rf"({_LABEL}(?:\.{_LABEL})*)\.?(?::([0-9]{{1,5}}))?")
 _SPACE_RE = re.compile(r"[\s\x00-\x1f\x7f\x80-\x9f\u200b\u2028\u2029\ufeff]")
+_HOST_END_RE = re.compile(r"\.?(?::[0-9]{0,5})?\Z")  # where the host of "host[.][:port]" ends
 
 # The reasons an entry is dropped; stable words used as metric label values.
-REASONS = ("not_string", "empty", "too_long", "whitespace", "scheme", "userinfo", "path", "bad_port", "bad_host")
+REASONS = ("not_string", "empty", "too_long", "whitespace", "scheme", "userinfo", "path", "bad_port", "bad_host",
+           "ipv6_zone")
 
 
 def normalize(entry: object, default_port: int) -> tuple[str | None, str | None]:
-    """Return (target, None) for a valid entry, (None, reason) for an invalid one."""
+    """Return (target, None) for a valid entry, (None, reason) for an invalid one.
+
+    The target is the entry's one canonical form, so the same sensor spelled
+    two ways is one target: DNS names in lower case (they are
+    case-insensitive) without the trailing dot, IPv6 literals in RFC 5952
+    form inside brackets, and always a port.
+    """
     if type(entry) is not str:
         return None, "not_string"
     if not entry:
         return None, "empty"
-    if len(entry) > MAX_ENTRY_LENGTH:
+    if len(entry) > MAX_ENTRY_LENGTH and (
+            len(entry) > _MAX_WITH_PORT or _HOST_END_RE.search(entry).start() > MAX_ENTRY_LENGTH):  # type: ignore[union-attr]
         return None, "too_long"
     m = _HOST_PORT_RE.fullmatch(entry)
     if m is not None:  # the common case: host or host:port
-        port = m.group(2)
+        host, port = m.groups()
         if port is None:
-            return f"{entry}:{default_port}", None
-        return (entry, None) if _valid_port(port) else (None, "bad_port")
-    return None, _reason(entry, default_port)
+            return f"{host.lower()}:{default_port}", None
+        return (f"{host.lower()}:{port}", None) if _valid_port(port) else (None, "bad_port")
+    return _slow(entry, default_port)
 
 
 def _valid_port(text: str) -> bool:
     return 1 <= int(text) <= 65535 and not (len(text) > 1 and text[0] == "0")
 
 
-def _reason(entry: str, default_port: int) -> str | None:
-    """Classify why an entry failed the fast path (or accept bracketed IPv6)."""
+def _slow(entry: str, default_port: int) -> tuple[str | None, str | None]:
+    """Classify why an entry failed the fast path, or accept a bracketed IPv6 literal."""
     if _SPACE_RE.search(entry):
-        return "whitespace"
+        return None, "whitespace"
     if "://" in entry:
-        return "scheme"
+        return None, "scheme"
     if "@" in entry:
-        return "userinfo"
+        return None, "userinfo"
     if any(c in entry for c in "/?#\\"):
-        return "path"
+        return None, "path"
     if entry.startswith("["):
-        addr, _, rest = entry[1:].partition("]")
+        addr, sep, rest = entry[1:].partition("]")
+        if not sep:
+            return None, "bad_host"
+        if "%" in addr:  # a zone (`fe80::1%eth0`) names an interface of one machine: meaningless to Prometheus
+            return None, "ipv6_zone"
         try:
-            ipaddress.IPv6Address(addr)
+            ip = ipaddress.IPv6Address(addr)
         except ValueError:
-            return "bad_host"
-        if rest == "" or (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit() and len(rest) <= 6 and _valid_port(rest[1:])):
-            return None
-        return "bad_port"
+            return None, "bad_host"
+        if rest == "":
+            return f"[{ipv6_text(ip)}]:{default_port}", None
+        port = rest[1:]
+        if rest.startswith(":") and port.isascii() and port.isdigit() and len(port) <= 5 and _valid_port(port):
+            return f"[{ipv6_text(ip)}]:{port}", None
+        return None, "bad_port"
     host, sep, port = entry.rpartition(":")
     if sep and _HOST_RE.fullmatch(host):
-        return "bad_port"
-    return "bad_host"
+        return None, "bad_port"
+    return None, "bad_host"
+
+
+def ipv6_text(ip: ipaddress.IPv6Address) -> str:
+    """RFC 5952 text: lower case, longest zero run compressed; IPv4-mapped addresses end in dotted quad (§5)."""
+    mapped = ip.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else ip.compressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +119,6 @@ def validate(entries: Sequence[object], default_port: int) -> Validated:
     examples: list[tuple[str, str]] = []
     for entry in entries:
         target, reason = normalize(entry, default_port)
-        if target is None and reason is None:  # bracketed IPv6 without a port
-            target = entry if "]:" in entry else f"{entry}:{default_port}"  # type: ignore[operator]
         if target is not None:
             valid.append(target)
             continue
@@ -105,6 +126,25 @@ def validate(entries: Sequence[object], default_port: int) -> Validated:
         if len(examples) < 10:
             examples.append((reason or "", _short(entry)))
     return Validated(sorted_unique(valid), invalid, tuple(examples))
+
+
+def validate_targets(targets: Sequence[object], default_port: int) -> Validated:
+    """`validate` for published targets (`host:port`, as a targets file holds them), the same result.
+
+    A file we wrote has one port throughout: with it stripped, the hosts take
+    the C-speed string scans of a poll instead of one regex per target.
+    """
+    first = targets[0] if targets else None
+    if type(first) is str:
+        host, sep, port = first.rpartition(":")
+        if sep and "]" not in host and len(port) <= 5 and port.isascii() and port.isdigit() and _valid_port(port):
+            suffix = sep + port
+            if all(type(t) is str and t.endswith(suffix) for t in targets):
+                cut = len(suffix)
+                fast = _fast_targets([t[:-cut] for t in targets], int(port))  # type: ignore[index]
+                if fast is not None:
+                    return Validated(sorted_unique(fast), Counter(), ())
+    return validate(targets, default_port)
 
 
 # Characters of bare hostnames joined by ":port\n"; anything else takes the slow path.
@@ -134,9 +174,10 @@ def _fast_targets(entries: Sequence[object], port: int) -> list[str] | None:
         or _invalid_joined(text)
         or longest > MAX_ENTRY_LENGTH
         or (longest > 63 and _LONG_LABEL_RE.search(text))  # a label over 63 chars is possible only then
+        or _trailing_dot(text)
     ):
         return None
-    targets = text.split("\n")
+    targets = text.lower().split("\n")  # ASCII only here: lower() keeps every length
     targets[-1] += suffix
     return targets
 
@@ -169,6 +210,11 @@ def _invalid_joined(text: str) -> bool:
         or (dot and any(seq in text for seq in _BAD_WITH_DOT))
         or (dash and dot and any(seq in text for seq in _BAD_WITH_BOTH))
     )
+
+
+def _trailing_dot(text: str) -> bool:
+    """True when an entry of "host:port\nhost" ends in '.': rare, left to `normalize`, which drops the dot."""
+    return ".:" in text or text.endswith(".")
 
 
 # Every byte a label may hold mapped to "a": a run of 64 of them is a label over 63 characters.
@@ -214,12 +260,12 @@ def validate_body(box: list[bytes], default_port: int) -> Validated | None:
     suffix = f":{default_port}"
     # One replace turns 'a","b' into 'a:9100\nb'; the last entry gets its suffix after the split.
     text = str(memoryview(body)[start + 2:end - 2], "ascii").replace(sep.decode(), suffix + "\n")
-    if _invalid_joined(text):
+    if _invalid_joined(text) or _trailing_dot(text):
         box.append(body)
         return None
     del body
     dotted = "." in text  # without dots an entry is one label, at most 63 characters (checked above)
-    targets = text.split("\n")
+    targets = text.lower().split("\n")  # ASCII only here: lower() keeps every length
     del text
     targets[-1] += suffix
     if dotted and max(map(len, targets)) - len(suffix) > MAX_ENTRY_LENGTH:
@@ -236,16 +282,64 @@ def sorted_unique(targets: list[str]) -> tuple[str, ...]:
 
 
 def _short(entry: object, limit: int = 80) -> str:
-    text = entry if isinstance(entry, str) else orjson.dumps(entry, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode("utf-8", "replace") if _jsonable(entry) else repr(entry)
-    return text[:limit]
+    """A log preview of an entry: at most `limit` characters, built without recursion.
+
+    An entry may be nested ~1,000 levels deep (the JSON parser's own limit);
+    `repr` or a recursive encoder would raise RecursionError on it, so the
+    preview walks the value with an explicit stack and stops at the limit.
+    """
+    if isinstance(entry, str):
+        return entry[:limit]
+    parts: list[str] = [f"{type(entry).__name__} "]
+    size = len(parts[0])
+    for token in _tokens(entry):
+        parts.append(token)
+        size += len(token)
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
 
 
-def _jsonable(entry: object) -> bool:
-    try:
-        orjson.dumps(entry)
-    except TypeError:
-        return False
-    return True
+def _tokens(value: object) -> Iterator[str]:
+    """JSON-like text of a parsed value, token by token, depth-first with an explicit stack (no recursion)."""
+    stack: list[tuple[Iterator[object], str]] = [(iter((value,)), "")]
+    first = True
+    while stack:
+        items, close = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+            first = False
+            yield close
+            continue
+        if not first and close:
+            yield ","
+        first = False
+        if isinstance(item, tuple):  # a (key, value) pair of a dict
+            yield _scalar(item[0]) + ":"
+            item = item[1]
+        if isinstance(item, list):
+            yield "["
+            stack.append((iter(item), "]"))
+            first = True
+        elif isinstance(item, dict):
+            yield "{"
+            stack.append((iter(item.items()), "}"))
+            first = True
+        else:
+            yield _scalar(item)
+
+
+_END = object()
+
+
+def _scalar(value: object) -> str:
+    """A JSON scalar as text, bounded: long strings are cut before they are encoded."""
+    if isinstance(value, str):
+        return orjson.dumps(value[:40]).decode()
+    if value is None or isinstance(value, (bool, int, float)):
+        return orjson.dumps(value).decode() if not isinstance(value, int) or abs(value) < 2**64 else "<int>"
+    return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,45 +37,72 @@ PORT = 9100
 # --- the oracle ----------------------------------------------------------------
 # A target is host[:port]. host: dot-separated labels of ASCII letters, digits,
 # '_' and '-', 1-63 chars, not starting or ending with '-', optionally one
-# trailing dot; or a bracketed IPv6 address. port: decimal 1-65535 written
-# without leading zeros. The whole entry is 1-253 chars. Nothing else: no
-# whitespace, scheme, userinfo, path, query.
+# trailing dot, at most 253 chars without that dot and the port; or a
+# bracketed IPv6 address without a zone. port: decimal 1-65535 written without
+# leading zeros. Nothing else: no whitespace, scheme, userinfo, path, query.
+# Published in one canonical form (SPEC §7): the host in lower case without
+# the trailing dot, IPv6 in RFC 5952 form, always with a port.
 
 _ORACLE_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?", re.ASCII)
 
 
-def _oracle_host(host: str) -> bool:
+def _oracle_host(host: str) -> str | None:
     if host.endswith("."):
         host = host[:-1]
     labels = host.split(".")
-    return bool(host) and all(len(lb) <= 63 and _ORACLE_LABEL.fullmatch(lb) for lb in labels)
+    ok = bool(host) and len(host) <= 253 and all(len(lb) <= 63 and _ORACLE_LABEL.fullmatch(lb) for lb in labels)
+    return host.lower() if ok else None
 
 
 def _oracle_port(port: str) -> bool:
     return port.isascii() and port.isdigit() and str(int(port)) == port and 1 <= int(port) <= 65535
 
 
+def rfc5952(addr: ipaddress.IPv6Address) -> str:
+    """RFC 5952 text written from the RFC, not with the library's own formatting."""
+    words = [int(addr.packed[i:i + 2].hex(), 16) for i in range(0, 16, 2)]
+    if words[:6] == [0, 0, 0, 0, 0, 0xFFFF]:  # §5: IPv4-mapped addresses keep the dotted quad
+        return "::ffff:" + ".".join(str(b) for b in addr.packed[12:])
+    best, best_len, i = -1, 1, 0  # §4.2.2: a single zero field is never compressed
+    while i < 8:
+        if words[i] == 0:
+            j = i
+            while j < 8 and words[j] == 0:
+                j += 1
+            if j - i > best_len:  # §4.2.3: the longest run, the first one on a tie
+                best, best_len = i, j - i
+            i = j
+        else:
+            i += 1
+    hexes = [f"{w:x}" for w in words]  # §4.1 no leading zeros, §4.3 lower case
+    if best < 0:
+        return ":".join(hexes)
+    return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len:])
+
+
 def oracle(entry: object) -> str | None:
     """The target `entry` publishes as, or None when it must be dropped."""
-    if not isinstance(entry, str) or not 1 <= len(entry) <= 253:
+    if not isinstance(entry, str) or not entry:
         return None
     if any(c in "@/?#\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in entry):
         return None  # whitespace, control and format characters, userinfo, scheme or path
     if entry.startswith("["):
         addr, sep, rest = entry[1:].partition("]")
-        if not sep:
+        if not sep or "%" in addr:
             return None
         try:
-            ipaddress.IPv6Address(addr)
+            text = rfc5952(ipaddress.IPv6Address(addr))
         except ValueError:
             return None
         if rest == "":
-            return f"{entry}:{PORT}"
-        return entry if rest.startswith(":") and _oracle_port(rest[1:]) else None
+            return f"[{text}]:{PORT}"
+        return f"[{text}]{rest}" if rest.startswith(":") and _oracle_port(rest[1:]) else None
     host, sep, port = entry.rpartition(":")
     if not sep:
-        return f"{entry}:{PORT}" if _oracle_host(entry) else None
-    return entry if _oracle_host(host) and _oracle_port(port) else None
+        canonical = _oracle_host(entry)
+        return None if canonical is None else f"{canonical}:{PORT}"
+    canonical = _oracle_host(host)
+    return f"{canonical}:{port}" if canonical is not None and _oracle_port(port) else None
 
 
 def check_validated(entries: list[Any]) -> None:
@@ -100,7 +127,8 @@ def check_validated(entries: list[Any]) -> None:
 # --- strategies ------------------------------------------------------------------
 
 _label = st.from_regex(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,20}[A-Za-z0-9_])?", fullmatch=True)
-hostnames = st.lists(_label, min_size=1, max_size=4).map(".".join)
+hostnames = st.lists(_label, min_size=1, max_size=4).map(".".join).flatmap(
+    lambda h: st.sampled_from([h, h.upper(), h.lower(), h + "."]))
 ports = st.one_of(st.integers(1, 65535).map(str), st.sampled_from(["0", "65536", "99999", "09100", "", "-1", "1e3",
                                                                  "٩١٠٠", "9100 ", "+80"]))
 ipv6 = st.ip_addresses(v=6).map(lambda a: f"[{a}]")
@@ -121,7 +149,8 @@ def entries(draw: Callable[..., Any]) -> object:
         return f"{draw(hostnames)}:{draw(ports)}"
     if kind == 4:
         addr = draw(ipv6)
-        return draw(st.sampled_from([addr, f"{addr}:{draw(ports)}", addr[1:-1], addr + "x"]))
+        return draw(st.sampled_from([addr, f"{addr}:{draw(ports)}", addr[1:-1], addr + "x", addr[:-1], addr.upper(),
+                                     addr[:-1] + "%eth0]", addr[:-1] + "%25" + draw(_label) + "]"]))
     if kind == 5:
         return _mutate(draw, draw(hostnames))
     if kind == 6:
@@ -130,8 +159,11 @@ def entries(draw: Callable[..., Any]) -> object:
     if kind == 7:
         return draw(st.text(max_size=30))
     if kind == 8:
-        return "a" * draw(st.integers(240, 270)) if draw(st.booleans()) else \
-            ".".join([draw(_label)] * draw(st.integers(1, 3))) + "." + "b" * draw(st.integers(60, 66))
+        if draw(st.booleans()):
+            return "a" * draw(st.integers(240, 270))
+        long = ".".join(["a" * 63] * 3 + ["b" * draw(st.integers(58, 64))])  # around the 253-character limit
+        return draw(st.sampled_from([long, long + ".", f"{long}:{draw(ports)}", f"{long}.:{draw(ports)}",
+                                     ".".join([draw(_label)] * draw(st.integers(1, 3))) + "." + "b" * 63]))
     return draw(json_scalars | st.lists(json_scalars, max_size=3) | st.dictionaries(st.text(max_size=5), json_scalars,
                                                                                        max_size=3))
 
@@ -195,7 +227,7 @@ def prop_single_defect(host: str, defect: str) -> None:
         "not_string": (len(host), "not_string"),
     }[defect]
     result = validate([host, entry], PORT)
-    assert result.targets == (f"{host}:{PORT}",)
+    assert result.targets == (oracle(host),)
     assert dict(result.invalid) == {reason: 1}
 
 
