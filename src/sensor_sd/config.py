@@ -31,6 +31,11 @@ class Source:
 
     name: str
     url: str
+    # Set per source by SOURCES_FILE only (sensor_sd.sources); None/empty: the global settings apply.
+    labels: tuple[tuple[str, str], ...] = ()
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    interval: float | None = None
 
     @property
     def display_url(self) -> str:
@@ -64,6 +69,7 @@ class Settings:
     web_config_file: Path | None = None
     log_format: str = "json"
     log_level: str = "info"
+    sources_file: Path | None = None
 
 
 def redact_url(url: str) -> str:
@@ -167,6 +173,12 @@ def _targets_file(text: str) -> Path | None:
     if "\x00" in text:
         raise ValueError("a file path, or empty to disable the file")
     return Path(text)
+
+
+def _sources_file(text: str) -> Path | None:
+    if "\x00" in text:
+        raise ValueError("a file path, or empty for INVENTORY_URL alone")
+    return Path(text) if text else None
 
 
 def _metrics_path(text: str) -> str:
@@ -274,6 +286,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(), "bearer token file"),
     _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(_check_ca), "CA bundle for the inventory"),
     _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(_check_web_config), "exporter-toolkit web config"),
+    _Option("SOURCES_FILE", "sources_file", _sources_file, "YAML or JSON file of sources (not with INVENTORY_URL)"),
     _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
     _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
 )
@@ -295,6 +308,7 @@ DEFAULTS: Mapping[str, str] = {
     "INVENTORY_TOKEN_FILE": "",
     "INVENTORY_CA_FILE": "",
     "WEB_CONFIG_FILE": "",
+    "SOURCES_FILE": "",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
 }
@@ -322,6 +336,8 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
         except ValueError as exc:
             shown = _USERINFO_RE.sub("***@", raw) if opt.env == "INVENTORY_URL" else raw
             raise ConfigError(name, shown, str(exc)) from None
+    if values["sources_file"] is not None:
+        _use_sources_file(values, flags, environ)
     if values["inventory_token_file"] is not None:
         with_credentials = [s.name for s in values["sources"] if urlsplit(s.url).username is not None]
         if with_credentials:  # aiohttp refuses both; Prometheus too allows only one of basic auth and a token
@@ -330,6 +346,20 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
                               f"(source {with_credentials[0]}); use one of them")
     return Settings(**values)
 
+
+def _use_sources_file(values: dict[str, Any], flags: Mapping[str, str | None], environ: Mapping[str, str]) -> None:
+    """Replace the sources by those of SOURCES_FILE; an INVENTORY_URL given as well is a conflict."""
+    from sensor_sd import sources  # the file's own parser and checks
+
+    if flags.get("sources") is not None or environ.get("INVENTORY_URL"):
+        raise ConfigError("SOURCES_FILE", str(values["sources_file"]),
+                          "not together with INVENTORY_URL; list every inventory in the sources file instead")
+    values["sources"] = sources.read(values["sources_file"]).sources
+
+
+# Shared with sensor_sd.sources, which validates the same names and URLs in a file.
+SOURCE_NAME_RE = _SOURCE_NAME_RE
+check_url = _check_url
 
 # user:password@ of every URL in a raw INVENTORY_URL, for error messages (the URL may not even parse).
 _USERINFO_RE = re.compile(r"(?<=://)[^/?#,]*@")
