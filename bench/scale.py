@@ -85,7 +85,8 @@ def measure_sd(stores: int, per_store: int, plan: Plan, workdir: Path) -> dict[s
     try:
         inv = start_inventory(procs, stores, per_store)
         # One sync of every store as a whole process (`sensor-sd once`: poll all, publish once, exit).
-        once_env = sd_env(**sources_env(url(inv), store_names(stores)), TARGETS_FILE=str(procs.workdir / "once.json"))
+        once_env = sd_env(**sources_env(url(inv), store_names(stores), procs.workdir / "once.sources.json"),
+                          TARGETS_FILE=str(procs.workdir / "once.json"))
         once_wall, once_kib, code, err = run_measured(sd_argv("once"), once_env)
         if code != 0:
             raise StackError(f"sensor-sd once exited {code}: {err}")

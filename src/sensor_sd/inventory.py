@@ -21,7 +21,7 @@ from sensor_sd.config import Settings, Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
 
 USER_AGENT = f"sensor-sd/{__version__}"
-_MIN_CONNECTIONS = 16
+MAX_IN_FLIGHT = 256  # inventory requests at once, over all sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +58,31 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._limit = settings.max_response_bytes
         self._token_file: Path | None = settings.inventory_token_file
-        ssl_ctx: ssl.SSLContext | bool = True
+        self._ca_file: Path | None = settings.inventory_ca_file
+        self._ssl: dict[Path | None, ssl.SSLContext | bool] = {None: True}
         if settings.inventory_ca_file:
-            ssl_ctx = ssl.create_default_context(cafile=str(settings.inventory_ca_file))
-        self._ssl = ssl_ctx
-        # One connection per source: a source has at most one request in flight (its poll lock), so no
-        # source ever waits for a connection that another one holds. A smaller pool let hanging stores
-        # hold every connection while healthy ones queued, and the queueing counts against their
-        # REQUEST_TIMEOUT, so they timed out too (tests/scale/test_many_stores.py).
-        self._connections = max(_MIN_CONNECTIONS, len(settings.sources))
+            self._ssl_for(settings.inventory_ca_file)
+        # Requests in flight are bounded (file descriptors, memory), and a request waits for its slot
+        # *before* its REQUEST_TIMEOUT starts: hanging stores may hold slots, but a healthy store only
+        # waits when more than MAX_IN_FLIGHT stores hang at once, and never fails for it. The pool
+        # has exactly as many connections as slots, so no request queues inside the pool, where the
+        # wait would count against its timeout (tests/scale/test_many_stores.py).
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
 
+    def forget_tls(self) -> None:
+        """Re-read CA bundles on next use (after a reload of the sources: a CA file may have been renewed)."""
+        self._ssl = {None: True}
+
+    def _ssl_for(self, ca_file: Path | None) -> ssl.SSLContext | bool:
+        """One TLS context per CA bundle, shared by every source that names it."""
+        ctx = self._ssl.get(ca_file)
+        if ctx is None:
+            ctx = self._ssl[ca_file] = ssl.create_default_context(cafile=str(ca_file))
+        return ctx
+
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections, ttl_dns_cache=30)
+        connector = aiohttp.TCPConnector(ssl=self._ssl_for(self._ca_file), limit=MAX_IN_FLIGHT, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=True
         )
@@ -80,26 +92,38 @@ class Client:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, validators: Validators) -> dict[str, str]:
+    def _headers(self, validators: Validators, token_file: Path | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if validators.etag:
             headers["If-None-Match"] = validators.etag
         if validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
-        if self._token_file is not None:
+        if token_file is not None:
             # Re-read on every request so a rotated token is picked up, as Prometheus does.
             try:
-                token = self._token_file.read_text().strip()
+                token = token_file.read_text().strip()
             except OSError as exc:
-                raise FetchError(f"cannot read INVENTORY_TOKEN_FILE: {exc.strerror}") from None
+                what = "INVENTORY_TOKEN_FILE" if token_file == self._token_file else f"token_file {token_file}"
+                raise FetchError(f"cannot read {what}: {exc.strerror}") from None
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
     async def fetch(self, source: Source, validators: Validators) -> Response:
         """GET the inventory; raises an InventoryError subclass for every failure."""
         assert self._session is not None, "use `async with Client(...)`"
+        async with self._slots:
+            return await self._fetch(source, validators)
+
+    async def _fetch(self, source: Source, validators: Validators) -> Response:
+        assert self._session is not None
+        token_file = source.token_file or self._token_file
         try:
-            async with self._session.get(source.url, headers=self._headers(validators), max_redirects=5) as resp:
+            ssl_ctx = self._ssl_for(source.ca_file or self._ca_file)
+        except (ssl.SSLError, OSError) as exc:  # a CA file changed on disk since it was validated
+            raise FetchError(f"cannot load CA file {source.ca_file}: {exc}") from None
+        try:
+            async with self._session.get(source.url, headers=self._headers(validators, token_file), max_redirects=5,
+                                         ssl=ssl_ctx) as resp:
                 if resp.status == 304:
                     return Response(None, validators)
                 if not 200 <= resp.status < 300:
