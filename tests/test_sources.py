@@ -154,3 +154,47 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f'sensor-sd: invalid SOURCES_FILE="{path}": source #2 (s): duplicate name (also source #1)']
+
+
+def test_each_source_uses_its_own_token_and_ca(tmp_path: Path) -> None:
+    """One client, one pool: source a sends its token over TLS trusted by its CA; source b sends none."""
+    import asyncio
+    import ssl
+
+    import trustme
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from sensor_sd.inventory import Client, Validators
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "a.token").write_text("token-of-a\n")
+    seen: dict[str, str | None] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        seen[request.match_info["name"]] = request.headers.get("Authorization")
+        return web.Response(body=b'["s"]')
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/{name}", handler)
+        tls, plain = TestServer(app, host="127.0.0.1"), TestServer(app, host="127.0.0.1")
+        await tls.start_server(ssl=server_ctx)
+        await plain.start_server()
+        try:
+            path = write(tmp_path, [
+                {"name": "a", "url": f"https://localhost:{tls.port}/a", "token_file": "a.token", "ca_file": "ca.pem"},
+                {"name": "b", "url": f"http://127.0.0.1:{plain.port}/b"}])
+            settings = load(path, TARGETS_FILE="")
+            async with Client(settings) as client:
+                for source in settings.sources:
+                    assert (await client.fetch(source, Validators())).body == b'["s"]'
+        finally:
+            await tls.close()
+            await plain.close()
+
+    asyncio.run(main())
+    assert seen == {"a": "Bearer token-of-a", "b": None}
