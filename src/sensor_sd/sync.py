@@ -400,9 +400,10 @@ class Discoverer:
         Publishing after every poll cost a thread hop and a stat per source per interval
         (1,000 stores: 33 a second) for a snapshot that had not changed.
         """
+        now = time.monotonic()
         if result.result == "success" or (
-                result.result == "unchanged"
-                and time.monotonic() - self._last_publish >= min(self.settings.update_interval, 30.0)):
+                result.result == "unchanged" and now - self._last_publish >= min(self.settings.update_interval, 30.0)):
+            self._last_publish = now  # before the await: the polls finishing meanwhile need not publish too
             await self.publish()
 
     async def poll_all(self, *, force: bool = False) -> list[PollResult]:
@@ -447,10 +448,9 @@ class Discoverer:
             else:
                 result = await self.poll(name)
                 await self._publish_if_due(result)
-            try:
-                await asyncio.wait_for(stop.wait(), self._delay(st))
-            except asyncio.TimeoutError:
-                pass
+            # A plain sleep: `run` cancels every loop when `stop` is set. wait_for(stop.wait()) cost a task,
+            # a future and a timer per poll (a fifth of the daemon's CPU at 1,000 stores answering 304).
+            await asyncio.sleep(self._delay(st))
 
     # --- SOURCES_FILE: reload and retirement ---------------------------------
 
@@ -536,7 +536,7 @@ class Discoverer:
                 relabeled = True
             changed.append(source.name)
         self.settings = replace(self.settings, sources=new_sources)
-        self._client.forget_tls()
+        self._client.forget_cached()
         event(self._log, logging.INFO, "sources file reloaded", trigger=trigger, sources=len(new_sources),
               added=len(added), changed=len(changed), removed=len(retired), added_names=added[:_LOG_NAMES],
               changed_names=changed[:_LOG_NAMES], removed_names=retired[:_LOG_NAMES])
