@@ -103,3 +103,34 @@ def test_the_open_files_soft_limit_is_raised_to_the_hard_limit(tmp_path: Path) -
         assert limit == (str(hard) if hard != resource.RLIM_INFINITY else "unlimited",) * 2
     finally:
         procs.stop_all()
+
+
+def test_a_crashed_source_loop_is_restarted_and_the_others_go_on(tmp_path: Path) -> None:
+    """Each source polls in a task of its own: an exception escaping one poll must not silence that source."""
+    async def main() -> tuple[int, int, bool]:
+        settings = config.load({}, {"INVENTORY_URL": "a=http://127.0.0.1:1/a,b=http://127.0.0.1:1/b",
+                                    "UPDATE_INTERVAL": "0.1", "TARGETS_FILE": ""})
+        async with Client(settings) as client:
+            d = Discoverer(settings, client, Metrics(CollectorRegistry()), logging.getLogger("test"))
+            calls = {"a": 0, "b": 0}
+            real = d.poll
+
+            async def poll(name: str, **kw: bool) -> object:
+                calls[name] += 1
+                if name == "a":
+                    raise RuntimeError("a bug in a poll")
+                return await real(name, **kw)
+
+            d.poll = poll  # type: ignore[method-assign,assignment]
+            stop = asyncio.Event()
+            running = asyncio.ensure_future(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 20
+            while min(calls.values()) < 4 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            alive = not running.done()
+            stop.set()
+            await running
+            return calls["a"], calls["b"], alive
+
+    a, b, alive = asyncio.run(main())
+    assert alive and a >= 4 and b >= 4, (a, b, alive)

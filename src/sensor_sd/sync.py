@@ -437,7 +437,27 @@ class Discoverer:
     def _start_loop(self, name: str) -> None:
         assert self._stop is not None
         task = self._tasks[name] = asyncio.ensure_future(self._loop(name, self._stop))
-        task.add_done_callback(lambda t, name=name: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
+        task.add_done_callback(lambda t, name=name: self._loop_ended(name, t))
+
+    def _loop_ended(self, name: str, task: asyncio.Task[None]) -> None:
+        """A source's loop ended: normal when stopping or retired; after a crash, restarted one interval later.
+
+        Each source runs in a task of its own, so an exception that escaped a poll would otherwise
+        silently stop that source alone while the others go on.
+        """
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
+        if task.cancelled() or task.exception() is None or self._stop is None or self._stop.is_set():
+            return
+        st = self._states.get(name)
+        if st is None:
+            return
+        exc = task.exception()
+        self._log.error("source loop crashed, restarting it after one interval", exc_info=exc,
+                        extra={"source": name})
+        asyncio.get_running_loop().call_later(
+            self._delay(st), lambda: None if name in self._tasks or self._states.get(name) is not st
+            or self._stop is None or self._stop.is_set() else self._start_loop(name))
 
     async def _loop(self, name: str, stop: asyncio.Event) -> None:
         st = self._states[name]
