@@ -9,7 +9,7 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak screenshot clean
+.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak reliability-report screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
@@ -73,6 +73,12 @@ fuzz: venv
 
 soak: deps
 	$(PY) tests/chaos/soak.py
+
+# docs/RELIABILITY.md's generated blocks from the tests that measure (crash torture, hostile clients),
+# with the commit they measured; SLOW=1 adds the 1000-kill torture (~10 min).
+SLOW ?=
+reliability-report: deps
+	$(PY) bench/reliability.py --run $(if $(SLOW),--slow)
 
 screenshot: deps
 	SENSOR_SD_SCREENSHOT_DIR=docs $(PY) -m pytest -q tests/integration/test_status_browser.py tests/integration/test_stack_pages_browser.py

@@ -2,7 +2,7 @@
 """sensor-sd benchmarks: sync cost, idle cost, http_sd serving, propagation, profile.
 
     make bench         # full: up to 1M hosts, writes docs/BENCHMARKS.md
-    make bench-quick   # up to 100k hosts, shorter windows (< 2 minutes), writes bench/out/BENCHMARKS-quick.md
+    make bench-quick   # up to 100k hosts, shorter windows (a few minutes), writes bench/out/BENCHMARKS-quick.md
     python bench/run.py --smoke   # seconds: every code path at tiny sizes, writes nothing
 
 Only the full plan writes the tracked docs/BENCHMARKS.md: quick figures are
@@ -132,10 +132,16 @@ def _goals(res: dict[str, Any], plan: Plan) -> Table:
             if ratios:
                 ok = min(good) >= 10
                 t.add(f"http_sd ≥ 10× the peer's requests/s at {size_label(big_n)} targets, every concurrency "
-                      "(judged on answers Prometheus can use: 2xx)",
-                      f"{min(good):.0f}× to {max(good):.0f}× against the peer's 2xx answers; "
-                      f"{min(ratios):.0f}× to {max(ratios):.0f}× against all its answers (mostly fast 500s)",
+                      "(the peer with its default cache refresh, warmed up; judged on answers Prometheus can use: 2xx)",
+                      f"{min(good):.1f}× to {max(good):.1f}× against the peer's 2xx answers; "
+                      f"{min(ratios):.1f}× to {max(ratios):.1f}× against all its answers",
                       verdict(ok), "" if ok else "see the http_sd table")
+            stressed = [v for v in big_cells if v.get("peer_stressed") and v["peer_stressed"]["rps"]]
+            if stressed:
+                good = [v["ours"]["rps"] / max(v["peer_stressed"]["ok_rps"], 1e-9) for v in stressed]
+                t.add(f"for reference, not a goal: the peer stressed with a 1 s cache refresh, {size_label(big_n)} "
+                      "targets", f"{min(good):.0f}× to {max(good):.0f}× against its 2xx answers (mostly 500s)",
+                      verdict(None), "its cache file is rewritten under its readers every second")
     if "prop" in res and res["prop"].get("stats"):
         st = res["prop"]["stats"].get("refresh")
         ok = st is not None and st["p95"] <= 5.5
@@ -160,7 +166,8 @@ def _doc(plan: Plan, res: dict[str, Any], facts: dict[str, str], started: dateti
             "", "## Goals", "", res["goals"].markdown(), ""]
     sections = [("1. Sync cost", res.get("sync", {}).get("tables", [])),
                 ("2. Idle cost", [res["idle"]["table"]] if "idle" in res else []),
-                ("3. http_sd serving", [res["http"]["table"]] if "http" in res else []),
+                ("3. http_sd serving", [t for t in (res["http"]["table"], res["http"].get("stressed_table")) if t]
+                 if "http" in res else []),
                 ("4. Propagation to a real Prometheus", [res["prop"]["table"]] if res.get("prop", {}).get("table") else []),
                 ("5. Profile of the largest sync", res.get("profile_tables", []))]
     for title, tables in sections:
@@ -216,7 +223,7 @@ def doc_path(plan: Plan) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="up to 100k hosts, short windows (< 2 minutes)")
+    g.add_argument("--quick", action="store_true", help="up to 100k hosts, short windows (a few minutes)")
     g.add_argument("--smoke", action="store_true", help="seconds: every code path at tiny sizes, no doc written")
     p.add_argument("--only", default="sync,idle,http,prop", help="comma-separated sections (default: all)")
     p.add_argument("--doc", type=Path, default=None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, wait_until
+from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, http_request, wait_until
 
 
 def sd(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -253,3 +253,198 @@ def test_summary_on_a_real_terminal(tmp_path: Path) -> None:
                                "targets file unchanged (7 targets); exit 1: the inventory failed")
     piped = sd(["once"], {**DEAD, "TARGETS_FILE": str(tmp_path / "t.json")})
     assert "sensor-sd once:" not in piped.stderr
+
+
+# --- files named by variables are read bounded: FIFO, device, huge file (issue 10 #5) -------------
+
+FILE_VARS = ["INVENTORY_TOKEN_FILE", "WEB_CONFIG_FILE", "INVENTORY_CA_FILE"]
+START_DEADLINE = 20.0  # seconds for a refusal; before the fix a FIFO blocked start-up for ever
+
+
+def _limit_memory() -> None:
+    """The child may not take more than 2 GiB of address space: an unbounded read fails fast, not the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+
+
+def refused_at_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env}, capture_output=True,
+                         text=True, timeout=START_DEADLINE, preexec_fn=_limit_memory)
+    assert time.monotonic() - started < START_DEADLINE
+    return out
+
+
+@pytest.mark.parametrize("variable", FILE_VARS)
+def test_a_fifo_as_a_file_variable_exits_2_at_once(variable: str, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: str(fifo)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"sensor-sd: invalid {variable}=") and "a FIFO, not a regular file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("variable", FILE_VARS)
+def test_dev_zero_as_a_file_variable_exits_2_without_reading(variable: str, tmp_path: Path) -> None:
+    """Before the fix the whole of /dev/zero was read: MemoryError (here within the 2 GiB limit) and exit 1."""
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: "/dev/zero"})
+    assert out.returncode == 2, out.stderr[-500:]
+    assert "a character device, not a regular file" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("variable", "limit"), [("INVENTORY_TOKEN_FILE", 64 * 1024), ("WEB_CONFIG_FILE", 1024 * 1024),
+                                                 ("INVENTORY_CA_FILE", 16 * 1024 * 1024)])
+def test_a_file_over_its_size_cap_exits_2(variable: str, limit: int, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * (limit + 1))
+    out = refused_at_start({"INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(tmp_path / "t.json"),
+                            "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}", variable: str(big)})
+    assert out.returncode == 2
+    assert f"{limit + 1} bytes, larger than the {limit} allowed" in out.stderr
+
+
+def test_a_token_file_swapped_for_a_fifo_fails_the_poll_not_the_daemon(inventory: Stack, tmp_path: Path) -> None:
+    """The token is re-read on every request, on the event loop: a FIFO there used to freeze the whole daemon."""
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    env = env_for(inventory, tmp_path, INVENTORY_TOKEN_FILE=str(token), UPDATE_INTERVAL="3600")
+    url = f"http://{env['LISTEN_ADDRESS']}"
+    proc = subprocess.Popen([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: http_ok(url + "/-/ready"), 20, "sensor-sd ready")
+        token.unlink()
+        os.mkfifo(token)
+        status, body = http_request(url + "/-/refresh", "POST", timeout=10)
+        assert status == 502 and b"cannot read INVENTORY_TOKEN_FILE: a FIFO, not a regular file" in body
+        assert http_get(url + "/targets")[0] == 200  # last known good still served
+        assert http_ok(url + "/-/healthy")
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+# --- the output file: symlinks written through, non-regular refused, one writer (issue 10 #6) -----
+
+
+def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "sensor_sd", "run"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_once_writes_through_a_symlink_and_the_link_stays(inventory: Stack, tmp_path: Path) -> None:
+    (tmp_path / "..2026_v1").mkdir()
+    (tmp_path / "..data").symlink_to("..2026_v1")
+    link = tmp_path / "t.json"
+    link.symlink_to("..data/t.json")
+    env = env_for(inventory, tmp_path)
+    assert sd(["once"], env).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == "..data/t.json"
+    assert len(targets(tmp_path / "..2026_v1" / "t.json")) == 100
+    put_sensors(inventory, [f"sensor_{i}" for i in range(1, 101)])
+    assert sd(["once"], env).returncode == 0  # a second write: replaced again, in the target's directory
+    assert link.is_symlink() and "sensor_100:9100" in targets(tmp_path / "..2026_v1" / "t.json")
+
+
+@pytest.mark.parametrize("command", ["run", "once", "check"])
+@pytest.mark.parametrize("make", ["fifo", "link_to_dev_null", "directory"])
+def test_a_non_regular_targets_file_exits_2_and_is_left_alone(command: str, make: str, tmp_path: Path) -> None:
+    """`TARGETS_FILE=/dev/null` used to turn /dev/null into a regular file; a FIFO hung the start (load)."""
+    path = tmp_path / "t.json"
+    if make == "fifo":
+        os.mkfifo(path)
+    elif make == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/null")  # the real /dev/null is only stat'ed
+    before = os.lstat(path)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sensor_sd", command],
+                         env={**os.environ, "INVENTORY_URL": "http://127.0.0.1:1/inv", "TARGETS_FILE": str(path),
+                              "LISTEN_ADDRESS": f"127.0.0.1:{free_port()}"},
+                         capture_output=True, text=True, timeout=START_DEADLINE)
+    assert time.monotonic() - started < START_DEADLINE
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"sensor-sd: cannot use TARGETS_FILE: {path}") and "not a regular file" in out.stderr
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert Path("/dev/null").is_char_device()
+
+
+def test_a_second_daemon_on_the_same_file_exits_2_naming_the_first(inventory: Stack, tmp_path: Path) -> None:
+    import socket as _socket
+
+    first = start_run(env_for(inventory, tmp_path, UPDATE_INTERVAL="0.2"))
+    try:
+        wait_until(lambda: (tmp_path / "t.json").exists(), 20, "the first daemon's file")
+        body = (tmp_path / "t.json").read_bytes()
+        put_sensors(inventory, [f"sensor_{i}" for i in range(200)])  # the second would write something else
+        second = subprocess.run([sys.executable, "-m", "sensor_sd", "run"],
+                                env={**os.environ, **env_for(inventory, tmp_path)}, capture_output=True, text=True,
+                                timeout=START_DEADLINE)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]  # one line
+        assert f"written by another sensor-sd (pid@host {first.pid}@{_socket.gethostname()}" in second.stderr
+        once = sd(["once"], env_for(inventory, tmp_path))  # a one-shot writer is refused too
+        assert once.returncode == 2 and "another sensor-sd" in once.stderr
+        assert sd(["check"], env_for(inventory, tmp_path)).returncode == 0  # check only reads: no lock needed
+        assert first.poll() is None
+        wait_until(lambda: len(targets(tmp_path / "t.json")) == 200, 20, "the first daemon still writing")
+        assert body != (tmp_path / "t.json").read_bytes()
+    finally:
+        first.terminate()
+        first.communicate(timeout=10)
+    assert sd(["once"], env_for(inventory, tmp_path)).returncode == 0  # the lock went with the first daemon
+
+
+def test_check_deletes_no_temp_file(inventory: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f".t.json.{dead.stdout.strip()}.tmp"
+    stale.write_bytes(b"[")
+    assert sd(["check"], env_for(inventory, out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == [stale.name]  # no lock file, temp kept
+    assert sd(["once"], env_for(inventory, out)).returncode == 0
+    assert not stale.exists()
+
+
+# --- a file removed or changed under the daemon is rewritten (issue 13 #4) ------------------------
+
+
+def restores(url: str) -> float:
+    status, body = http_get(url + "/metrics")
+    assert status == 200
+    line = next(ln for ln in body.decode().splitlines() if ln.startswith("sensor_sd_file_restores_total "))
+    return float(line.split()[1])
+
+
+def test_a_file_removed_or_overwritten_under_the_daemon_is_restored(inventory: Stack, tmp_path: Path) -> None:
+    """Even while the inventory fails (no good poll publishes): the daemon is the one writer of its file."""
+    env = env_for(inventory, tmp_path, UPDATE_INTERVAL="0.5")
+    url = f"http://{env['LISTEN_ADDRESS']}"
+    path = tmp_path / "t.json"
+    proc = start_run(env)
+    try:
+        wait_until(lambda: http_ok(url + "/-/ready") and path.exists(), 20, "sensor-sd ready with its file")
+        good = path.read_bytes()
+        assert restores(url) == 0
+        admin_call(inventory.url("inventory", "/admin/fault"), "PUT", {"mode": "status", "code": 503})
+        path.unlink()  # what a second `make run` did
+        wait_until(lambda: path.exists() and path.read_bytes() == good, 10, "the deleted file restored")
+        wait_until(lambda: restores(url) == 1, 5, "one restore counted")
+        path.write_bytes(b"garbage")
+        wait_until(lambda: path.read_bytes() == good, 10, "the overwritten file restored")
+        wait_until(lambda: restores(url) == 2, 5, "two restores counted")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    found = [json.loads(ln).get("found") for ln in err.splitlines()
+             if "rewritten from the snapshot" in ln]
+    assert found == ["missing", "changed"]

@@ -96,7 +96,7 @@ def test_empty_and_unreadable_token_file(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="INVENTORY_TOKEN_FILE"):
         load({"INVENTORY_TOKEN_FILE": str(empty)})
-    with pytest.raises(ConfigError, match="readable file"):
+    with pytest.raises(ConfigError, match="a readable regular file"):
         load({"INVENTORY_TOKEN_FILE": str(tmp_path)})  # a directory
 
 
@@ -119,7 +119,7 @@ def test_cli_exits_2_before_doing_anything(command: str, tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-m", "sensor_sd", command], env=env, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ['sensor-sd: invalid UPDATE_INTERVAL="abc": a number > 0']
+    assert proc.stderr.strip().splitlines() == ['sensor-sd: invalid UPDATE_INTERVAL="abc": a decimal number from 0.001 to 86400']
     assert not (tmp_path / "t.json").exists()
 
 
@@ -155,7 +155,7 @@ def test_drop_window_and_hold() -> None:
 def test_bad_drop_window_and_hold(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({variable: value})
-    assert str(info.value).startswith(f"invalid {variable}=") and ">= 0" in str(info.value)
+    assert str(info.value).startswith(f"invalid {variable}=") and "from 0 to 604800" in str(info.value)
 
 
 def test_drop_flags_exist() -> None:
@@ -174,3 +174,85 @@ def test_readme_configuration_table_lists_every_variable_with_its_default() -> N
         default = config.DEFAULTS[opt.env]
         if " / " not in names:  # rows of two variables (LOG_FORMAT / LOG_LEVEL) show both defaults
             assert f"`{default}`" in shown or (not default and shown == "empty"), (opt.env, shown)
+
+
+# --- one number grammar (ASCII decimal) and hostile INVENTORY_URL values --------------------
+
+NUMERIC = ["UPDATE_INTERVAL", "REQUEST_TIMEOUT", "METRICS_PORT", "MAX_RESPONSE_BYTES", "MAX_DROP_RATIO",
+           "DROP_CONFIRMATIONS", "DROP_WINDOW", "DROP_HOLD"]
+NOT_ASCII_DECIMAL = ["1_0", "١٢", "１２", "²", "1e-300", "1e400", "1e3", "inf", "nan", "Infinity", "0x10", "+1",
+                     "-0", " 1", "1 ", "\t1", "1\n", "\u00a01", "1\u200b", "\u20071", "1.0.0", ".", "", "9" * 5000]
+
+
+@pytest.mark.parametrize("variable", NUMERIC)
+@pytest.mark.parametrize("value", NOT_ASCII_DECIMAL)
+def test_every_number_is_plain_ascii_decimal(variable: str, value: str) -> None:
+    """Python's float()/int() take `1_0`, other scripts' digits and spaces; no variable does."""
+    with pytest.raises(ConfigError) as info:
+        load({variable: value})
+    assert str(info.value).startswith(f"invalid {variable}=") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variable", NUMERIC)
+def test_the_same_forms_are_accepted_everywhere(variable: str) -> None:
+    assert getattr(load({variable: "1"}), config.OPTIONS[[o.env for o in config.OPTIONS].index(variable)].field) == 1
+
+
+@pytest.mark.parametrize("variable", ["UPDATE_INTERVAL", "REQUEST_TIMEOUT"])
+def test_seconds_range_from_a_millisecond_to_a_day(variable: str) -> None:
+    field = variable.lower()
+    assert getattr(load({variable: "0.001"}), field) == 0.001
+    assert getattr(load({variable: "86400"}), field) == 86400
+    assert getattr(load({variable: ".5"}), field) == 0.5
+    for bad in ("0.0009", "0.000", "86400.001", "1000000"):
+        with pytest.raises(ConfigError, match="from 0.001 to 86400"):
+            load({variable: bad})
+
+
+@pytest.mark.parametrize("value", ["=http://h/inv", " =http://h/inv", "a=http://x/,=http://h/inv"])
+def test_a_source_name_is_never_empty(value: str) -> None:
+    with pytest.raises(ConfigError, match="never empty"):
+        load({"INVENTORY_URL": value})
+
+
+@pytest.mark.parametrize("value", [
+    "http://user:pa,ss@host/inv", "http://user:pa#ss@host/inv", "http://user:pa?ss@host/inv",
+    "http://user:pa/ss@host/inv", "http://user:12/pass@host/inv", "http://user:12#pass@host/inv",
+    "http://user:12?pass@host/inv", "inv=http://user:pa,ss@host/inv", "a=http://h/x,b=http://user:p,a,ss@host/inv",
+    "a=http://user:pa,ss@h/x,b=http://v:pa/ss@h2/y", "user:pa,ss@host", "http://user:pa,ss@ho st/inv",
+    "http://user:pa,ss@host:99999/inv", "ftp://user:pa,ss@host/inv", "http://user:pa@ss@host/inv,x",
+])
+def test_config_error_never_shows_the_password(value: str) -> None:
+    """Unencoded `,` `#` `?` `/` in a password cut the URL where urllib looks; the line still hides it."""
+    with pytest.raises(ConfigError) as info:
+        load({"INVENTORY_URL": value})
+    message = str(info.value)
+    assert message.startswith("invalid INVENTORY_URL=") and "***" in message
+    for secret in ("pa,ss", "pa", "ss", "pass"):
+        assert secret not in message.replace("percent-encode", "").replace("password", ""), message
+
+
+def test_an_at_sign_after_the_host_is_refused() -> None:
+    """`http://u:12/x@h/` parses (host u, port 12): the password's tail would land in the path and in logs."""
+    with pytest.raises(ConfigError, match="an @ after the host"):
+        load({"INVENTORY_URL": "http://user:12/secret@host/inv"})
+    assert load({"INVENTORY_URL": "http://user:s%2Fcret@host/inv"}).sources[0].display_url == "http://host/inv"
+
+
+@pytest.mark.parametrize("variable", ["INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE"])
+def test_file_variables_refuse_fifos_and_devices_without_opening_them(variable: str, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device"), (tmp_path, "a directory")):
+        with pytest.raises(ConfigError) as info:
+            load({variable: str(path)})
+        assert f"{kind}, not a regular file" in str(info.value)
+
+
+def test_token_file_must_be_utf8(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load({"INVENTORY_TOKEN_FILE": str(token)})

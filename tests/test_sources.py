@@ -198,3 +198,15 @@ def test_each_source_uses_its_own_token_and_ca(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert seen == {"a": "Bearer token-of-a", "b": None}
+
+
+def test_a_fifo_or_device_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "sources.fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in refused(fifo)
+    assert "not a regular file" in refused(Path("/dev/zero"))
+    token = tmp_path / "token.fifo"
+    os.mkfifo(token)
+    assert "token_file: " in refused(write(tmp_path, [{**GOOD, "token_file": str(token)}]))

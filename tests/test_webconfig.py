@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -20,7 +21,8 @@ from aiohttp import web
 
 from sensor_sd import webconfig
 from sensor_sd.sim._common import start_app
-from sensor_sd.webconfig import BasicAuth, install, load_web_config
+from sensor_sd.sim.stack import wait_until
+from sensor_sd.webconfig import BASIC_AUTH, BasicAuth, install, load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 SLOW_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()  # ~60 ms a check, as in production
@@ -217,8 +219,14 @@ def test_basic_auth_checks() -> None:
     assert asyncio.run(main()) == [True, True, False, False, False, False, True]
 
 
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    auth: BasicAuth  # the app's own checker: how many checks are in flight
+
+
 @pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[str]:
+def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
     """A tiny app behind install(): basic auth, /-/healthy opened for probes, one extra header."""
     path = write(tmp_path, f"basic_auth_users:\n  alice: {SLOW_HASH}\nsensor_sd:\n  unauthenticated_paths: [/-/healthy]\n"
                            "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
@@ -237,7 +245,7 @@ def auth_server(tmp_path: Path) -> Iterator[str]:
     thread.start()
     runner, port = asyncio.run_coroutine_threadsafe(start_app(app, "127.0.0.1", 0), loop).result(10)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield AuthServer(f"http://127.0.0.1:{port}", app[BASIC_AUTH])
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -245,32 +253,35 @@ def auth_server(tmp_path: Path) -> Iterator[str]:
         loop.close()
 
 
-def test_auth_middleware_on_a_live_server(auth_server: str) -> None:
+def test_auth_middleware_on_a_live_server(auth_server: AuthServer) -> None:
+    url = auth_server.url
     good = {"Authorization": _basic("alice", "s3cret")}
     bad = {"Authorization": _basic("alice", "nope")}
-    assert requests.get(f"{auth_server}/-/healthy", timeout=5).status_code == 200  # opened for probes
-    assert requests.post(f"{auth_server}/-/healthy", timeout=5).status_code in (401, 405)
+    assert requests.get(f"{url}/-/healthy", timeout=5).status_code == 200  # opened for probes
+    assert requests.post(f"{url}/-/healthy", timeout=5).status_code in (401, 405)
     for path in ("/targets", "/-/ready", "/nope"):
-        r = requests.get(f"{auth_server}{path}", timeout=5)
+        r = requests.get(f"{url}{path}", timeout=5)
         assert r.status_code == 401, path
         assert r.headers["WWW-Authenticate"].startswith("Basic")
-        assert requests.get(f"{auth_server}{path}", headers=bad, timeout=5).status_code == 401
-    r = requests.get(f"{auth_server}/targets", headers=good, timeout=5)
+        assert requests.get(f"{url}{path}", headers=bad, timeout=5).status_code == 401
+    r = requests.get(f"{url}/targets", headers=good, timeout=5)
     assert r.status_code == 200 and r.headers["X-Frame-Options"] == "deny"
-    assert requests.post(f"{auth_server}/-/refresh", timeout=5).status_code == 401
-    assert requests.post(f"{auth_server}/-/refresh", headers=good, timeout=5).status_code == 200
-    assert requests.get(f"{auth_server}/nope", headers=good, timeout=5).status_code == 404
+    assert requests.post(f"{url}/-/refresh", timeout=5).status_code == 401
+    assert requests.post(f"{url}/-/refresh", headers=good, timeout=5).status_code == 200
+    assert requests.get(f"{url}/nope", headers=good, timeout=5).status_code == 404
 
 
-def test_wrong_passwords_do_not_block_the_loop(auth_server: str) -> None:
+def test_wrong_passwords_do_not_block_the_loop(auth_server: AuthServer) -> None:
     """bcrypt runs in threads: /-/healthy answers quickly during a burst of bad passwords."""
     from concurrent.futures import ThreadPoolExecutor
 
     bad = {"Authorization": _basic("alice", "nope")}
-    with ThreadPoolExecutor(16) as pool:
-        burst = [pool.submit(requests.get, f"{auth_server}/targets", headers=bad, timeout=10) for _ in range(32)]
-        time.sleep(0.05)  # not readiness: lets the burst reach the server first, which is the point of the test
+    clients = 16
+    with ThreadPoolExecutor(clients) as pool:
+        burst = [pool.submit(requests.get, f"{auth_server.url}/targets", headers=bad, timeout=10) for _ in range(32)]
+        # The probe is only meaningful while every client's check queues for or runs bcrypt.
+        wait_until(lambda: auth_server.auth.in_flight >= clients, 10, f"{clients} checks in flight", 0.001)
         started = time.monotonic()
-        assert requests.get(f"{auth_server}/-/healthy", timeout=5).status_code == 200
+        assert requests.get(f"{auth_server.url}/-/healthy", timeout=5).status_code == 200
         assert time.monotonic() - started < 0.3
         assert all(f.result().status_code == 401 for f in burst)

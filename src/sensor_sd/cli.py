@@ -22,7 +22,7 @@ import prometheus_client
 
 from sensor_sd import __version__, config, log
 from sensor_sd.config import Settings
-from sensor_sd.errors import ConfigError
+from sensor_sd.errors import ConfigError, PublishError
 from sensor_sd.inventory import Client
 from sensor_sd.metrics import Metrics
 from sensor_sd.sync import Discoverer, PollResult
@@ -30,6 +30,7 @@ from sensor_sd.targets import parse_file
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_GRACE_SECONDS = 1.5
+FILE_CHECK_SECONDS = 2.0  # how often, at most, the published file is checked for changes made by others
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +95,8 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
     metrics = Metrics()
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, metrics, logger)
+        if not _take_file(discoverer, claim=True):
+            return EXIT_CONFIG
         discoverer.load_file()
         app = server.make_app(discoverer, metrics)
         ssl_context = None
@@ -118,11 +121,13 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
                   listen=f"{addr.host or '0.0.0.0'}:{addr.port}", sources=[s.display_url for s in settings.sources],
                   targets_file=str(settings.targets_file or ""), interval=settings.update_interval)
         polling = asyncio.create_task(discoverer.run(stop))
+        watching = asyncio.create_task(_keep_file(discoverer, stop, logger))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({polling, stopping}, return_when=asyncio.FIRST_COMPLETED)
         # Abandon an in-flight poll: the file is only ever replaced atomically.
         polling.cancel()
-        await asyncio.wait({polling}, timeout=STOP_GRACE_SECONDS)
+        watching.cancel()
+        await asyncio.wait({polling, watching}, timeout=STOP_GRACE_SECONDS)
         await runner.cleanup()
         log.event(logger, logging.INFO, "sensor-sd stopped")
     if polling.done() and not polling.cancelled() and polling.exception() is not None:
@@ -147,6 +152,8 @@ async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summ
     before = _file_state(settings.targets_file)
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, Metrics(), logger)
+        if not _take_file(discoverer, claim=True):
+            return EXIT_CONFIG
         discoverer.load_file()
         current = _sizes(discoverer)
         results = await discoverer.poll_all(force=force)
@@ -161,6 +168,8 @@ async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -
     before_file = _file_state(settings.targets_file)
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, Metrics(), logger)
+        if not _take_file(discoverer, claim=False):  # check reads only: no lock, no clean-up
+            return EXIT_CONFIG
         discoverer.load_file()
         before = {g.source: g.targets for g in (discoverer.snapshot.groups if discoverer.snapshot else ())}
         results = await asyncio.gather(*(discoverer.poll(s.name, dry_run=True) for s in settings.sources))
@@ -171,6 +180,49 @@ async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -
         current = {name: len(targets) for name, targets in before.items()}
         print(_summary("check", results, settings, code, before_file, current), file=sys.stderr, flush=True)
     return code
+
+
+def _take_file(discoverer: Discoverer, *, claim: bool) -> bool:
+    """Refuse a TARGETS_FILE that is not a regular file (or a symlink to one), or that another daemon writes.
+
+    `claim` (run, once) takes the writer lock; without it (check) the path is only inspected.
+    """
+    file = discoverer.file
+    if file is None:
+        return True
+    try:
+        file.claim() if claim else file.inspect()
+    except PublishError as exc:
+        print(f"sensor-sd: cannot use TARGETS_FILE: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+async def _keep_file(discoverer: Discoverer, stop: asyncio.Event, logger: logging.Logger) -> None:
+    """Between polls, notice a published file that vanished or changed under us and rewrite it.
+
+    Polls publish only after a good poll; during an inventory outage this is what restores the file
+    (a second `make run` used to delete it for minutes). One stat per check.
+    """
+    file = discoverer.file
+    if file is None:
+        return
+    period = min(discoverer.settings.update_interval, FILE_CHECK_SECONDS)
+    failing = False
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            if discoverer.snapshot is not None and file.changed_under_us():
+                await discoverer.publish()  # write errors are logged and counted there
+            failing = False
+        except Exception:  # noqa: BLE001 - a bug here must not end the daemon; the polls still publish
+            if not failing:  # once per streak, with its traceback
+                logger.exception("targets file check failed")
+            failing = True
 
 
 def _print_check(result: PollResult, before: tuple[str, ...], settings: Settings) -> None:

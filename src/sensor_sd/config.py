@@ -8,7 +8,6 @@ allowed, so the CLI can exit 2 before doing anything.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import ssl
@@ -19,10 +18,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd.errors import ConfigError
+from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
 
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SECONDS_RANGE = (0.001, 86400.0)  # UPDATE_INTERVAL, REQUEST_TIMEOUT: a millisecond to a day
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Settings:
     inventory_token_file: Path | None = None
     inventory_ca_file: Path | None = None
     web_config_file: Path | None = None
+    web_max_connections: int = 512
     log_format: str = "json"
     log_level: str = "info"
     sources_file: Path | None = None
@@ -93,15 +95,30 @@ def redact_url(url: str) -> str:
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed)
 
 
-def _float(minimum: float, maximum: float = math.inf, *, open_min: bool = True) -> Callable[[str], float]:
+_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INTEGER_RE = re.compile(r"[0-9]+")
+_NUMBER_CHARS = 64  # longer than any value in range: no 5,000-digit conversions
+
+
+def _number_text(text: str, pattern: re.Pattern[str]) -> str | None:
+    """`text` when it is plain ASCII decimal (no sign, exponent, `_`, spaces or other scripts' digits), else None.
+
+    Python's float() and int() accept far more (`1_000`, Arabic-Indic digits, `inf`, `1e-300`, surrounding
+    Unicode spaces); every variable and flag speaks one grammar instead, the one an operator writes.
+    """
+    return text if len(text) <= _NUMBER_CHARS and pattern.fullmatch(text) else None
+
+
+def _float(minimum: float, maximum: float, *, open_min: bool = False) -> Callable[[str], float]:
+    low = "above" if open_min else "from"
+    allowed = f"a decimal number {low} {minimum:g} to {maximum:g}"
+
     def parse(text: str) -> float:
-        low = "> " if open_min else ">= "
-        allowed = f"a number {low}{minimum:g}" + (f" and <= {maximum:g}" if maximum != math.inf else "")
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(allowed) from None
-        if not math.isfinite(value) or value > maximum or value < minimum or (open_min and value == minimum):
+        plain = _number_text(text, _DECIMAL_RE)
+        if plain is None:
+            raise ValueError(allowed)
+        value = float(plain)
+        if value > maximum or value < minimum or (open_min and value == minimum):
             raise ValueError(allowed)
         return value
 
@@ -109,12 +126,13 @@ def _float(minimum: float, maximum: float = math.inf, *, open_min: bool = True) 
 
 
 def _int(minimum: int, maximum: int) -> Callable[[str], int]:
+    allowed = f"an integer from {minimum} to {maximum}"
+
     def parse(text: str) -> int:
-        allowed = f"an integer from {minimum} to {maximum}"
-        t = text.strip()
-        if not t.isascii() or not t.isdigit():
+        plain = _number_text(text, _INTEGER_RE)
+        if plain is None:
             raise ValueError(allowed)
-        value = int(t)
+        value = int(plain)
         if not minimum <= value <= maximum:
             raise ValueError(allowed)
         return value
@@ -134,8 +152,13 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+_ENCODE_HINT = "; percent-encode , / ? # @ in user:password"
+
+
 def _sources(text: str) -> tuple[Source, ...]:
     allowed = "an http(s) URL, or name=url,name=url with names of letters, digits, _ . -"
+    if "@" in text:
+        allowed += _ENCODE_HINT
     items = [item.strip() for item in text.split(",")]
     if not text.strip() or any(not item for item in items):
         raise ValueError(allowed)
@@ -144,6 +167,8 @@ def _sources(text: str) -> tuple[Source, ...]:
         name, sep, url = item.partition("=")
         if not sep or "://" in name:
             name, url = "", item
+        elif not name.strip():
+            raise ValueError(f"{allowed}; a name before '=' is never empty")
         _check_url(url, allowed)
         if not name:
             name = urlsplit(url).hostname or ""
@@ -165,6 +190,33 @@ def _check_url(url: str, allowed: str) -> None:
         raise ValueError(allowed) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(allowed)
+    if "@" in url[url.index("://") + 3 + len(parts.netloc):]:
+        # `http://u:12/x@h/`, `http://u:12#x@h/`: an unencoded password, cut at / ? or #, whose tail
+        # would end up in a path, query or fragment (and in logs); no inventory needs an @ there.
+        raise ValueError(f"{allowed} (an @ after the host)")
+
+
+# Where a new item of a raw INVENTORY_URL starts: `,url` or `,name=url`.
+_ITEM_START_RE = re.compile(r",\s*(?:[A-Za-z0-9_.-]*=)?https?://", re.IGNORECASE)
+
+
+def redact_raw_sources(text: str) -> str:
+    """A raw INVENTORY_URL with every user:password masked, for error lines; works on values that do not parse.
+
+    A password may hold unencoded `,` `/` `?` `#` (that is why the value is wrong): in each item the span
+    from `://` (or the item's start) to its last `@` is masked, so whatever precedes the host never shows.
+    """
+    cuts = [0] + [m.start() + 1 for m in _ITEM_START_RE.finditer(text)] + [len(text)]
+    out = []
+    for start, end in zip(cuts, cuts[1:]):
+        item = text[start:end]
+        at = item.rfind("@")
+        if at >= 0:
+            scheme = item.find("://")
+            begin = scheme + 3 if 0 <= scheme < at else item.find("=") + 1 if item.find("=") < at else 0
+            item = item[:begin] + "***" + item[at:]
+        out.append(item)
+    return "".join(out)
 
 
 def _targets_file(text: str) -> Path | None:
@@ -223,15 +275,16 @@ def _listen(text: str) -> ListenAddress:
     return ListenAddress(host, number)
 
 
-def _readable_file(check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
+def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
+    """A path to a non-empty regular file of at most `limit` bytes: a FIFO, device or directory is refused, never read."""
     def parse(text: str) -> Path | None:
         if not text:
             return None
         path = Path(text)
         try:
-            data = path.read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"a readable file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})") from None
+            data = read_regular(path, limit)
+        except UnreadableFile as exc:
+            raise ValueError(f"a readable regular file of at most {limit} bytes ({exc})") from None
         if not data.strip():
             raise ValueError("a non-empty file")
         if check:
@@ -239,6 +292,13 @@ def _readable_file(check: Callable[[Path], None] | None = None) -> Callable[[str
         return path
 
     return parse
+
+
+def _check_token(path: Path) -> None:
+    try:
+        read_regular(path, TOKEN_FILE_LIMIT).decode()
+    except (UnreadableFile, UnicodeDecodeError):
+        raise ValueError("a UTF-8 text file holding the token") from None
 
 
 def _check_ca(path: Path) -> None:
@@ -269,27 +329,33 @@ class _Option:
 
 OPTIONS: tuple[_Option, ...] = (
     _Option("INVENTORY_URL", "sources", _sources, "inventory URL, or name=url,name=url"),
-    _Option("UPDATE_INTERVAL", "update_interval", _float(0), "seconds between polls"),
+    _Option("UPDATE_INTERVAL", "update_interval", _float(*SECONDS_RANGE), "seconds between polls"),
     _Option("TARGETS_FILE", "targets_file", _targets_file, "file_sd output file; empty disables it"),
     _Option("METRICS_PORT", "metrics_port", _int(1, 65535), "sensors' port, added to hostnames without one"),
     _Option("METRICS_PATH", "metrics_path", _metrics_path, "__metrics_path__ label"),
     _Option("TARGET_LABELS", "target_labels", _labels, "extra labels k=v,k=v"),
     _Option("LISTEN_ADDRESS", "listen_address", _listen, "the SD's own HTTP server"),
-    _Option("REQUEST_TIMEOUT", "request_timeout", _float(0), "seconds per inventory request"),
+    _Option("REQUEST_TIMEOUT", "request_timeout", _float(*SECONDS_RANGE), "seconds per inventory request"),
     _Option("MAX_RESPONSE_BYTES", "max_response_bytes", _int(1, 2**40), "largest inventory body accepted"),
-    _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1, open_min=False), "share of targets a poll may remove at once"),
+    _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1), "share of targets a poll may remove at once"),
     _Option("DROP_CONFIRMATIONS", "drop_confirmations", _int(1, 1000), "polls in a row that confirm a held drop"),
-    _Option("DROP_WINDOW", "drop_window", _float(0, 604800, open_min=False),
+    _Option("DROP_WINDOW", "drop_window", _float(0, 604800),
             "seconds a published list stays the yardstick for drops; 0: the current list only"),
-    _Option("DROP_HOLD", "drop_hold", _float(0, 604800, open_min=False),
+    _Option("DROP_HOLD", "drop_hold", _float(0, 604800),
             "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
-    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(), "bearer token file"),
-    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(_check_ca), "CA bundle for the inventory"),
-    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(_check_web_config), "exporter-toolkit web config"),
+    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _check_token),
+            "bearer token file"),
+    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _check_ca), "CA bundle for the inventory"),
+    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "exporter-toolkit web config"),
+    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000),
+            "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
     _Option("SOURCES_FILE", "sources_file", _sources_file, "YAML or JSON file of sources (not with INVENTORY_URL)"),
     _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
     _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
 )
+
+# Spelled as Prometheus spells its own flag, besides the --web-max-connections every variable gets.
+_FLAG_ALIASES: Mapping[str, tuple[str, ...]] = {"WEB_MAX_CONNECTIONS": ("--web.max-connections",)}
 
 DEFAULTS: Mapping[str, str] = {
     "INVENTORY_URL": "http://inventory_server:1337/inventory",
@@ -308,6 +374,7 @@ DEFAULTS: Mapping[str, str] = {
     "INVENTORY_TOKEN_FILE": "",
     "INVENTORY_CA_FILE": "",
     "WEB_CONFIG_FILE": "",
+    "WEB_MAX_CONNECTIONS": "512",
     "SOURCES_FILE": "",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
@@ -317,7 +384,7 @@ DEFAULTS: Mapping[str, str] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--flag` per variable; unset flags stay None so the environment applies."""
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
+        parser.add_argument(opt.flag, *_FLAG_ALIASES.get(opt.env, ()), dest=opt.field, default=None, metavar=opt.env,
                             help=f"{opt.help} (env {opt.env}, default {DEFAULTS[opt.env]!r})")
 
 
@@ -334,7 +401,7 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
         try:
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
-            shown = _USERINFO_RE.sub("***@", raw) if opt.env == "INVENTORY_URL" else raw
+            shown = redact_raw_sources(raw) if opt.env == "INVENTORY_URL" else raw
             raise ConfigError(name, shown, str(exc)) from None
     if values["sources_file"] is not None:
         _use_sources_file(values, flags, environ)
@@ -360,6 +427,3 @@ def _use_sources_file(values: dict[str, Any], flags: Mapping[str, str | None], e
 # Shared with sensor_sd.sources, which validates the same names and URLs in a file.
 SOURCE_NAME_RE = _SOURCE_NAME_RE
 check_url = _check_url
-
-# user:password@ of every URL in a raw INVENTORY_URL, for error messages (the URL may not even parse).
-_USERINFO_RE = re.compile(r"(?<=://)[^/?#,]*@")

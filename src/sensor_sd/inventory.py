@@ -20,6 +20,7 @@ from yarl import URL
 from sensor_sd import __version__
 from sensor_sd.config import Settings, Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
+from sensor_sd.files import TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
 USER_AGENT = f"sensor-sd/{__version__}"
 MAX_IN_FLIGHT = 256  # inventory requests at once, over all sources
@@ -104,12 +105,13 @@ class Client:
         if validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
         if token_file is not None:
-            # Re-read on every request so a rotated token is picked up, as Prometheus does.
+            # Re-read on every request so a rotated token is picked up, as Prometheus does; bounded and
+            # non-blocking, so a token swapped for a FIFO or /dev/zero fails the poll instead of the loop.
             try:
-                token = token_file.read_text().strip()
-            except OSError as exc:
+                token = read_regular(token_file, TOKEN_FILE_LIMIT).decode().strip()
+            except (UnreadableFile, UnicodeDecodeError) as exc:
                 what = "INVENTORY_TOKEN_FILE" if token_file == self._token_file else f"token_file {token_file}"
-                raise FetchError(f"cannot read {what}: {exc.strerror}") from None
+                raise FetchError(f"cannot read {what}: {exc}") from None
             headers["Authorization"] = f"Bearer {token}"
         return headers
 

@@ -46,6 +46,8 @@ class Metrics:
                                       namespace=ns, registry=registry)
         self.file_writes = Counter("file_writes", "Times the targets file was rewritten.",
                                    namespace=ns, registry=registry)
+        self.file_restores = Counter("file_restores", "Times the targets file, removed or changed by someone "
+                                     "else, was rewritten from the snapshot.", namespace=ns, registry=registry)
         self.update_interval = Gauge("update_interval_seconds", "Configured UPDATE_INTERVAL.",
                                      namespace=ns, registry=registry)
         self.build_info = Gauge("build_info", "Build information; always 1.", ["version"],

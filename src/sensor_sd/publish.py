@@ -3,20 +3,62 @@
 The file is replaced atomically and durably (temp file in the same directory,
 fsync, rename, fsync of the directory): a reader sees the old bytes or the new
 bytes, never a torn or empty file, even across a crash or power loss.
+
+`TARGETS_FILE` may be a symlink (Kubernetes volumes are built of them): the
+write goes through to the link's final target, replaced in *its* directory, and
+the link stays a link. Anything else that is not a regular file (a device, a
+FIFO, a directory) is refused, never replaced: `TARGETS_FILE=/dev/null` must
+not turn the system's /dev/null into a regular file. One writer per file: a
+daemon claims an advisory lock (`flock` on `.<name>-lock` next to the target,
+holding `pid@host`) and a second one is refused naming the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sensor_sd.errors import PublishError
+from sensor_sd.files import UnreadableFile, kind, read_regular
+
+TARGETS_FILE_LIMIT = 4 * 1024**3  # a sanity bound for reading back our own file (1M targets are ~25 MB)
+_HOLDER_LIMIT = 4096
+
+
+class LockHeld(PublishError):
+    """Another process holds the file's writer lock."""
+
+    reason = "locked"
+
+
+def resolve(path: Path) -> Path:
+    """The file a write to `path` replaces: `path` itself, or the end of its symlink chain.
+
+    PublishError when that is not a regular file (or absent), or the links loop.
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        mode = os.lstat(real).st_mode
+    except OSError:
+        return real  # absent (a first write, a dangling link) or unreachable: the write reports its own error
+    if stat.S_ISLNK(mode):
+        raise PublishError(f"{path} is a symlink loop, not a regular file: refusing to write it")
+    if not stat.S_ISREG(mode):
+        shown = f"{path}" if real == Path(os.path.abspath(path)) else f"{path} (-> {real})"
+        raise PublishError(f"{shown} is {kind(mode)}, not a regular file: refusing to replace it")
+    return real
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically and durably; raise PublishError and leave the old file."""
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    """Replace `path` (or its symlink's target) with `data` atomically and durably; PublishError leaves the old file."""
+    real = resolve(path)
+    directory = real.parent
+    tmp = directory / f".{real.name}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -27,7 +69,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, real)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)
@@ -42,16 +84,17 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temps(path: Path) -> int:
-    """Delete temp files that killed writers left next to `path`; returns how many.
+    """Delete temp files that killed writers left next to `path` (or its symlink's target); returns how many.
 
     A SIGKILL between creating `.<name>.<pid>.tmp` and the rename leaves it
     behind, and every restart has a new pid. Files of a live other process are
     kept (its rename would fail otherwise); ours and dead pids' go.
     """
+    real = Path(os.path.realpath(path))
     removed = 0
-    prefix = f".{path.name}."
+    prefix = f".{real.name}."
     try:
-        names = os.listdir(path.parent)
+        names = os.listdir(real.parent)
     except OSError:
         return 0
     for name in names:
@@ -59,7 +102,7 @@ def remove_stale_temps(path: Path) -> int:
         if not pid.isascii() or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
             continue
         try:
-            os.unlink(path.parent / name)
+            os.unlink(real.parent / name)
             removed += 1
         except OSError:
             pass
@@ -76,46 +119,159 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class FilePublisher:
-    """Writes the file_sd file, skipping the write when the bytes are unchanged."""
+class WriterLock:
+    """An advisory `flock` on `.<name>-lock` beside the target: one writer per file, across processes.
 
-    def __init__(self, path: Path) -> None:
+    The lock file is never removed (removing it would let two writers lock two
+    different inodes); its content names the holder for the refusal message.
+    If the directory is removed or the lock file deleted, `ensure` notices (the
+    path no longer names our inode) and locks the new file.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.path = target.parent / f".{target.name}-lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Lock, or LockHeld naming the holder; OSError when the lock file cannot be created (read-only dir)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(f"{self.path.parent / self.path.name[1:-5]} is written by another sensor-sd "
+                           f"({self.holder()}, lock {self.path}): one writer per file") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        self.release()
+        self._fd = fd
+
+    def holder(self) -> str:
+        try:
+            text = read_regular(self.path, _HOLDER_LIMIT).decode("utf-8", "replace").strip()
+        except UnreadableFile:
+            text = ""
+        return f"pid@host {text}" if text else "holder unknown"
+
+    def ensure(self) -> None:
+        """Still ours? Re-lock when the lock file was removed or replaced under us (LockHeld if someone took it)."""
+        if self._fd is not None:
+            try:
+                mine, now = os.fstat(self._fd), os.stat(self.path)
+                if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                    return
+            except OSError:
+                pass
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.acquire()
+        except LockHeld:
+            raise
+        except OSError:
+            pass  # cannot lock here (read-only, gone): the write itself will fail and be reported
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What we last wrote (or loaded), and the file's identity right after."""
+
+    data: bytes
+    identity: tuple[int, int, int, int, int]  # dev, inode, size, mtime ns, ctime ns
+
+
+def _identity(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class FilePublisher:
+    """Writes the file_sd file, skipping the write when the bytes are unchanged.
+
+    A file removed or changed behind our back (another tool, a second
+    `make run`) is noticed by its identity (inode, size, mtime, ctime) and
+    rewritten from the snapshot; `on_restore` is told why.
+    """
+
+    def __init__(self, path: Path, *, on_restore: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self._written: tuple[bytes, int, int] | None = None  # bytes, size, mtime_ns of our last write
+        self._on_restore = on_restore
+        self._written: _Written | None = None
+        self._lock: WriterLock | None = None
+
+    def inspect(self) -> None:
+        """PublishError when the path is not a regular file, a symlink to one, or absent. Reads only."""
+        resolve(self.path)
+
+    def claim(self) -> None:
+        """Become the file's one writer (a daemon or `once` at start): lock, then remove dead writers' temps.
+
+        LockHeld when another process writes it; PublishError when it is not a regular file. A directory
+        where no lock file can be created (read-only) does not stop the start: the writes report it.
+        """
+        real = resolve(self.path)
+        self._lock = WriterLock(real)
+        self._lock.ensure()
+        remove_stale_temps(self.path)
 
     def load(self) -> bytes | None:
-        """The existing file's bytes (last known good at start), or None when absent."""
-        remove_stale_temps(self.path)
+        """The existing file's bytes (last known good at start), or None when absent. Reads only."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise PublishError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            real = resolve(self.path)
+            data = read_regular(real, TARGETS_FILE_LIMIT)
+        except UnreadableFile as exc:
+            if not os.path.lexists(self.path) or not os.path.exists(self.path):
+                return None
+            raise PublishError(f"cannot read {self.path}: {exc}") from None
         self._remember(data)
         return data
 
+    def changed_under_us(self) -> bool:
+        """True when the file we last wrote is gone or is not what we wrote (cheap: one stat)."""
+        return self._written is not None and _identity(self.path) != self._written.identity
+
     def publish(self, data: bytes) -> bool:
         """Write `data` unless the file already holds exactly it; True when written."""
-        if self._unchanged(data):
-            return False
+        restore: str | None = None
+        if self._written is not None and self._written.data == data:
+            identity = _identity(self.path)
+            if identity == self._written.identity:
+                return False
+            if identity is None:
+                restore = "missing"
+            elif self._holds(data):
+                self._remember(data)  # touched or re-linked, same bytes: nothing to do
+                return False
+            else:
+                restore = "changed"
+        if self._lock is not None:
+            self._lock.ensure()
         write_atomic(self.path, data)
         self._remember(data)
+        if restore is not None and self._on_restore is not None:
+            self._on_restore(restore)
         return True
 
-    def _unchanged(self, data: bytes) -> bool:
-        if self._written is None or self._written[0] != data:
-            return False
+    def _holds(self, data: bytes) -> bool:
         try:
-            st = self.path.stat()
-        except OSError:
-            return False  # removed behind our back: write it again
-        return (st.st_size, st.st_mtime_ns) == self._written[1:]
+            return read_regular(self.path, len(data)) == data
+        except UnreadableFile:
+            return False
 
     def _remember(self, data: bytes) -> None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            self._written = None
-            return
-        self._written = (data, st.st_size, st.st_mtime_ns)
+        identity = _identity(self.path)
+        self._written = _Written(data, identity) if identity is not None else None

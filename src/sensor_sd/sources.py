@@ -33,6 +33,7 @@ from typing import Any
 
 from sensor_sd.config import LABEL_NAME_RE, SOURCE_NAME_RE, Source, check_url
 from sensor_sd.errors import ConfigError
+from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
 VARIABLE = "SOURCES_FILE"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # 100k sources of ~300 bytes each fit with room to spare
@@ -69,13 +70,10 @@ def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
 
 def read(path: Path) -> SourcesFile:
     """Read and validate the whole file; raises SourcesFileError (a ConfigError) naming what is wrong."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except (OSError, ValueError) as exc:
-        raise SourcesFileError(path, "", f"a readable file ({getattr(exc, 'strerror', None) or exc})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SourcesFileError(path, "", f"a file of at most {MAX_FILE_BYTES} bytes")
+    try:  # bounded and non-blocking: a FIFO or /dev/zero in its place is refused, not waited on
+        data = read_regular(path, MAX_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise SourcesFileError(path, "", f"a readable file ({exc})") from None
     return SourcesFile(path, parse(path, data), hashlib.sha256(data).hexdigest())
 
 
@@ -224,9 +222,9 @@ def _file(path: Path, where: str, key: str, value: object) -> Path | None:
     if not file.is_absolute():
         file = path.parent / file  # relative to the sources file, as Prometheus resolves its files
     try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise SourcesFileError(path, where, f"{key}: {value!r} is not readable ({exc.strerror or exc})") from None
+        data = read_regular(file, TOKEN_FILE_LIMIT if key == "token_file" else CA_FILE_LIMIT)
+    except UnreadableFile as exc:
+        raise SourcesFileError(path, where, f"{key}: {value!r} is not readable ({exc})") from None
     if not data.strip():
         raise SourcesFileError(path, where, f"{key}: {value!r} is empty")
     return file

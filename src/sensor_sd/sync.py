@@ -164,7 +164,8 @@ class Discoverer:
         self._metrics = metrics
         self._log = logger
         self._clock = clock
-        self._file = FilePublisher(settings.targets_file) if settings.targets_file else None
+        self._file = (FilePublisher(settings.targets_file, on_restore=self._file_restored)
+                      if settings.targets_file else None)
         self._labels: dict[str, tuple[tuple[str, str], ...]] = {}
         self._states: dict[str, _SourceState] = {}
         for source in settings.sources:
@@ -213,6 +214,17 @@ class Discoverer:
                          st.guard.since, st.guard.release)
             for st in self._states.values()
         )
+
+    @property
+    def file(self) -> FilePublisher | None:
+        """The targets file's publisher (the CLI claims and watches it); None when TARGETS_FILE is empty."""
+        return self._file
+
+    def _file_restored(self, why: str) -> None:
+        """The published file vanished or changed under us and was rewritten from the snapshot."""
+        self._metrics.file_restores.inc()
+        event(self._log, logging.WARNING, "targets file changed under sensor-sd, rewritten from the snapshot",
+              file=str(self.settings.targets_file), found=why)
 
     # --- start-up --------------------------------------------------------
 

@@ -49,7 +49,9 @@ from typing import Any
 
 from aiohttp import web
 
-MAX_FILE_BYTES = 1024 * 1024
+from sensor_sd.files import WEB_CONFIG_LIMIT, UnreadableFile, read_regular
+
+MAX_FILE_BYTES = WEB_CONFIG_LIMIT
 UNAUTHENTICATED_ALLOWED = frozenset({"/-/healthy", "/-/ready"})
 _AUTH_CACHE = 1024  # verified (user, password) pairs remembered; bcrypt costs ~50-250 ms each
 _BCRYPT_PARALLEL = 2  # bcrypt checks at once, so a flood of bad passwords cannot take every thread
@@ -124,12 +126,9 @@ def load_web_config(path: Path | str) -> WebConfig:
     """Parse and validate the file, loading certificates once; ValueError says what is wrong and where."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"a readable web config file ({exc.strerror or exc})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ValueError(f"a web config file of at most {MAX_FILE_BYTES} bytes")
+        raw = read_regular(path, MAX_FILE_BYTES)  # a FIFO or /dev/zero is refused, never read
+    except UnreadableFile as exc:
+        raise ValueError(f"a readable regular web config file of at most {MAX_FILE_BYTES} bytes ({exc})") from None
     doc = _yaml(raw)
     if doc is None:
         doc = {}  # like exporter-toolkit: an empty file means plain HTTP, no auth
@@ -405,7 +404,8 @@ class BasicAuth:
     loop), at most `_BCRYPT_PARALLEL` at once, and verified pairs are kept
     in a small cache keyed by a keyed hash of the password (never the password
     itself). Unknown users are checked against a dummy hash so timing does not
-    reveal which user names exist.
+    reveal which user names exist. `in_flight` counts the checks that are
+    waiting for bcrypt or running it: how deep a burst of passwords is.
     """
 
     def __init__(self, users: tuple[tuple[str, str], ...]) -> None:
@@ -418,6 +418,12 @@ class BasicAuth:
         self._key = os.urandom(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._slots = asyncio.Semaphore(_BCRYPT_PARALLEL)
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Checks past the cache, queued for a bcrypt slot or hashing now."""
+        return self._in_flight
 
     @staticmethod
     def credentials(header: str | None) -> tuple[str, str] | None:
@@ -445,8 +451,12 @@ class BasicAuth:
         if hashed is not None and key in self._cache:
             self._cache.move_to_end(key)
             return True
-        async with self._slots:
-            ok = await asyncio.to_thread(self._verify, secret, hashed or self._dummy)
+        self._in_flight += 1
+        try:
+            async with self._slots:
+                ok = await asyncio.to_thread(self._verify, secret, hashed or self._dummy)
+        finally:
+            self._in_flight -= 1
         if ok and hashed is not None:
             self._cache[key] = None
             if len(self._cache) > _AUTH_CACHE:
@@ -459,6 +469,10 @@ class BasicAuth:
             return bool(self._bcrypt.checkpw(password, hashed))
         except ValueError:  # e.g. a password over bcrypt's 72 bytes: never a match
             return False
+
+
+# Where install() keeps the app's BasicAuth, for whoever needs its state (tests, diagnostics).
+BASIC_AUTH = web.AppKey("sensor_sd_basic_auth", BasicAuth)
 
 
 def _unauthorized() -> web.Response:
@@ -499,7 +513,9 @@ def install(app: web.Application, config: WebConfig) -> ssl.SSLContext | None:
     if config.tls is not None and config.tls.client_allowed_sans:
         app.middlewares.append(_sans_middleware(frozenset(config.tls.client_allowed_sans)))
     if config.users:
-        app.middlewares.append(_auth_middleware(BasicAuth(config.users), config.unauthenticated_paths))
+        auth = BasicAuth(config.users)
+        app[BASIC_AUTH] = auth
+        app.middlewares.append(_auth_middleware(auth, config.unauthenticated_paths))
     if config.headers:
         headers = config.headers
 

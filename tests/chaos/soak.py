@@ -311,6 +311,7 @@ def doc_section(r: dict[str, Any]) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r["inventory_errors"].items()))
     syncs = ", ".join(f"{k} {v}" for k, v in sorted(r["syncs"].items()))
     rows = [
+        ("commit measured", f"{r.get('commit', 'unknown')} ({r.get('date', 'unknown date')})"),
         ("duration", f"{r['minutes']} min at UPDATE_INTERVAL=0.1 s, MAX_RESPONSE_BYTES={r['max_response_bytes']}"),
         ("inventory changes (churn steps)", str(r["inventory_changes"])),
         ("faults injected (poll answers)", f"{r['faults_total']}: {faults}"),
@@ -342,6 +343,16 @@ def write_doc(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def _commit() -> str:
+    """HEAD's short hash, marked when the measured code (src/, tests/) differs from it."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "tests"], capture_output=True, text=True,
+                           cwd=REPO)
+    return (head.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="soak duration (default 10)")
@@ -359,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown fault modes: {', '.join(sorted(unknown))}")
     result, ok = run(args.minutes, args.seed, only, args.max_response_bytes)
+    result["commit"], result["date"] = _commit(), time.strftime("%Y-%m-%d", time.gmtime())
     print(json.dumps(result, indent=2))
     if not args.no_doc:
         write_doc(args.doc, doc_section(result))

@@ -154,6 +154,17 @@ def disk(tmp_path: Path) -> Iterator[Env]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _counted_and_logged(sd: SD) -> tuple[float, list[dict[str, Any]]] | None:
+    """The failed-write counter and the NOT_WRITTEN log lines, read while no write failed in between.
+
+    sensor-sd counts and logs a failed write in one step of its event loop, so with the
+    counter unchanged across the log read, the two describe the same writes.
+    """
+    before = sd.publish_errors()
+    lines = [e for e in sd.log() if e.get("msg") == NOT_WRITTEN]
+    return (before, lines) if sd.publish_errors() == before else None
+
+
 def _fault_window(sd: SD, env: Env, old: bytes | None, reason: str, expected: list[str] = LIST_B,
                   polls: int = 3) -> None:
     """The SD has the new list but cannot write it: errors counted and logged, old file kept."""
@@ -164,8 +175,9 @@ def _fault_window(sd: SD, env: Env, old: bytes | None, reason: str, expected: li
         assert env.file.read_bytes() == old
     assert sd.served() == set(expected)  # http_sd still serves the current snapshot
     sd.healthy()
-    lines = [e for e in sd.log() if e.get("msg") == NOT_WRITTEN]
-    assert len(lines) >= polls and all(e["level"] == "error" for e in lines)
+    counted, lines = wait_until(lambda: _counted_and_logged(sd), 10, "a moment between two failed writes")
+    # One line per failed write, no more, no fewer: the log and the counter agree exactly.
+    assert len(lines) == counted >= polls and all(e["level"] == "error" for e in lines), (counted, lines)
     assert all(str(env.file) in e["error"] and reason in e["error"] for e in lines), lines[0]
     if env.dir.is_dir():
         assert not [p for p in env.dir.iterdir() if p.name.endswith(".tmp")]

@@ -423,7 +423,8 @@ def test_compose_demo_contract():
 
 # --------------------------------------------------------------------------
 # The environments and commands the artefacts give sensor-sd are accepted by
-# sensor-sd itself (exit 2 = bad configuration).
+# sensor-sd itself: `check` gets past the configuration (exit 2) and fails
+# only at the inventory (exit 1), with its one-line message, no traceback.
 # --------------------------------------------------------------------------
 
 def compose_default(value: str) -> str:
@@ -452,17 +453,44 @@ def deployment_envs() -> dict[str, dict[str, str]]:
     }
 
 
+# The source name `check` reports for each environment: the configmap names its
+# source, the others take it from the URL's host (here the closed local port).
+EXPECTED_SOURCE = {
+    "Dockerfile": "127.0.0.1",
+    "compose.yaml": "127.0.0.1",
+    "compose.yaml+compose.demo.yaml": "127.0.0.1",
+    "kubernetes/configmap.yaml": "inventory_server",
+}
+
+
+def test_every_deployment_env_has_an_expectation():
+    assert sorted(EXPECTED_SOURCE) == sorted(deployment_envs())
+
+
 @pytest.mark.parametrize("where", sorted(deployment_envs()))
 def test_deployment_env_accepted_by_sensor_sd(where: str, tmp_path: Path):
+    from sensor_sd.config import DEFAULTS
+
     env = dict(deployment_envs()[where])
-    # Keep each URL's form (name=url) but aim at a closed local port, so the
-    # run is fast and offline: exit 1 (inventory failed) means the config passed.
-    if "INVENTORY_URL" in env:
-        env["INVENTORY_URL"] = re.sub(r"//[^/,]+", "//127.0.0.1:1", env["INVENTORY_URL"])
-    env["TARGETS_FILE"] = str(tmp_path / "targets.json")  # /shared is not writable here
-    proc = subprocess.run([sys.executable, "-m", "sensor_sd", "check"], capture_output=True, text=True,
-                          timeout=60, env={"PATH": os.environ.get("PATH", ""), **env})
-    assert proc.returncode != 2, f"{where}: {output(proc)}"
+    # Keep each URL's form (name=url) but aim at a closed local port, so the run is
+    # fast and offline (an environment without INVENTORY_URL runs on the default).
+    env.setdefault("INVENTORY_URL", DEFAULTS["INVENTORY_URL"])
+    env["INVENTORY_URL"] = re.sub(r"//[^/,]+", "//127.0.0.1:1", env["INVENTORY_URL"])
+    targets = tmp_path / "targets.json"
+    env["TARGETS_FILE"] = str(targets)  # /shared is not writable here
+    proc = subprocess.run([sys.executable, "-m", "sensor_sd", "check", "--summary=never"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": os.environ.get("PATH", ""), **env})
+    out = output(proc)
+    assert "Traceback" not in out, f"{where}: {out}"
+    # 1 = the inventory failed: the configuration passed (2 would be a bad one).
+    assert proc.returncode == 1, f"{where}: exit {proc.returncode}: {out}"
+    source = EXPECTED_SOURCE[where]
+    assert proc.stdout.splitlines() == [
+        f"{source}: inventory failed: unreachable: connection refused: 127.0.0.1:1"], f"{where}: {out}"
+    events = [json.loads(line) for line in proc.stderr.splitlines()]  # every log line is one JSON object
+    assert [(e["level"], e["source"], e["reason"]) for e in events if e.get("result") == "error"] == [
+        ("warning", source, "unreachable")], f"{where}: {out}"
+    assert not targets.exists(), "check writes nothing"
 
 
 def test_rule_and_dashboard_metrics_are_exposed_by_sensor_sd():

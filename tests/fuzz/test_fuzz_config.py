@@ -9,7 +9,7 @@ paths (a generated path could name a device that blocks).
 
 from __future__ import annotations
 
-import math
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +25,8 @@ from sensor_sd.errors import ConfigError
 
 FILE_VARS = {"INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE"}
 TEXT_VARS = sorted(o.env for o in config.OPTIONS if o.env not in FILE_VARS)
+NUMERIC_VARS = {"UPDATE_INTERVAL", "REQUEST_TIMEOUT", "METRICS_PORT", "MAX_RESPONSE_BYTES", "MAX_DROP_RATIO",
+                "DROP_CONFIRMATIONS", "DROP_WINDOW", "DROP_HOLD"}
 FIELDS = {o.env: o.field for o in config.OPTIONS}
 FLAGS = {o.env: o.flag for o in config.OPTIONS}
 
@@ -35,7 +37,8 @@ tricky = st.sampled_from([
     "١٢", "１２", "²", "9" * 400, "-1", "+5", " 5 ", "5\n", "5\x00", "http://", "http://:80", "http://[::1",
     "http://a:99999/x", "a=http://x,a=http://y", "=http://x", "x=", ",", "http://u:p@h/i", "ftp://h/i",
     "k=v,k=w", "__k=v", "source=x", "k=v\x01", ":", "[::1]:80", "[x]:80", "host:0", ":65536", "DEBUG", "Warn",
-    "\udcff", "json\udcff", "/", "./x\x00y",
+    "\udcff", "json\udcff", "/", "./x\x00y", "1e-300", "0.0001", "86400.5", "\u00a05", "5\u200b", "=http://h/",
+    "http://u:pa,ss@h/i", "http://u:12/pa@h/i",
 ])
 values = st.one_of(any_text, tricky, st.builds(lambda a, b: a + b, tricky, any_text))
 
@@ -52,8 +55,10 @@ def check(var: str, value: str, *, as_flag: bool = False) -> None:
         assert message.startswith(f"invalid {name}="), message
         assert exc.variable == name and exc.allowed and len(message) < 1200
         return
-    assert math.isfinite(settings.update_interval) and settings.update_interval > 0
-    assert math.isfinite(settings.request_timeout) and settings.request_timeout > 0
+    if var in NUMERIC_VARS:  # one grammar: plain ASCII decimal, nothing Python's float()/int() also take
+        assert re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", value), value
+    assert 0.001 <= settings.update_interval <= 86400
+    assert 0.001 <= settings.request_timeout <= 86400
     assert 0 <= settings.max_drop_ratio <= 1
     assert settings.sources and all(s.url.startswith(("http://", "https://")) for s in settings.sources)
 

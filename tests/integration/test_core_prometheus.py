@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,13 +105,22 @@ def test_refused_and_restart_while_down_keep_targets(stack: Stack) -> None:
     wait_targets(stack, SENSORS)
 
 
-def test_once_against_dead_url_exits_1_and_keeps_file(stack: Stack) -> None:
+def test_once_against_dead_url_exits_1_and_keeps_file(stack: Stack, tmp_path: Path) -> None:
+    """On a copy of the stack's file: the running daemon holds the writer lock of its own (once would exit 2)."""
     before = file_bytes(stack)
-    env = {**stack.sd_env(), "INVENTORY_URL": "inventory=http://127.0.0.1:1/inventory", "LISTEN_ADDRESS": "127.0.0.1:1"}
+    copy = tmp_path / "targets.json"
+    copy.write_bytes(before)
+    env = {**stack.sd_env(), "INVENTORY_URL": "inventory=http://127.0.0.1:1/inventory", "LISTEN_ADDRESS": "127.0.0.1:1",
+           "TARGETS_FILE": str(copy)}
     proc = subprocess.run([sys.executable, "-m", "sensor_sd", "once"], env={**_base_env(), **env},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1, proc.stderr
     assert "keeping last known good targets" in proc.stderr
+    assert copy.read_bytes() == before
+    env["TARGETS_FILE"] = str(stack.cfg.targets_file)
+    refused = subprocess.run([sys.executable, "-m", "sensor_sd", "once"], env={**_base_env(), **env},
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "written by another sensor-sd" in refused.stderr
     assert file_bytes(stack) == before
 
 

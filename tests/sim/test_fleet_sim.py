@@ -54,7 +54,7 @@ def raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
 def promtool_check(text: bytes) -> subprocess.CompletedProcess[bytes]:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed")
+        pytest.fail("promtool not installed: Debian's prometheus package (make test installs it)")
     return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
 
 
@@ -358,7 +358,7 @@ def test_real_prometheus_scrapes_through_the_proxy(fl: Any, tmp_path: Any, wait_
     """Prometheus with proxy_url: healthy sensors are up==1, each fault mode makes up==0."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.skip("prometheus not installed")
+        pytest.fail("prometheus not installed: Debian's prometheus package (make test installs it)")
     put(fl, "/admin/down", {"sensors": ["sensor_1"]})
     put(fl, "/admin/garbage", {"sensors": ["sensor_2"]})
     put(fl, "/admin/slow", {"sensors": ["sensor_3"], "seconds": 5})
