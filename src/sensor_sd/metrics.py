@@ -60,6 +60,7 @@ class Metrics:
                                        namespace=ns, registry=registry)
         for result in ("success", "failure"):
             self.sources_reloads.labels(result=result)
+        self.sources_reload_ok.set(1)  # as Prometheus' config_last_reload_successful: 1 until a reload fails
 
     def init_source(self, source: str) -> SourceMetrics:
         """Export every per-source series from the start, so rate() and absent() behave.
