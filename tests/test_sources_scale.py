@@ -134,3 +134,28 @@ def test_a_crashed_source_loop_is_restarted_and_the_others_go_on(tmp_path: Path)
 
     a, b, alive = asyncio.run(main())
     assert alive and a >= 4 and b >= 4, (a, b, alive)
+
+
+def test_a_reload_refuses_url_credentials_where_the_global_token_applies(tmp_path: Path) -> None:
+    """Checked at start by the configuration; a reload must refuse it too, not fail every poll of that source."""
+    import json
+
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps([{"name": "a", "url": "http://127.0.0.1:1/a"}]))
+
+    async def main() -> tuple[bool, bool, tuple[str, ...]]:
+        settings = config.load({}, {"SOURCES_FILE": str(path), "INVENTORY_TOKEN_FILE": str(token),
+                                    "TARGETS_FILE": ""})
+        async with Client(settings) as client:
+            metrics = Metrics(CollectorRegistry())
+            d = Discoverer(settings, client, metrics, logging.getLogger("test"))
+            path.write_text(json.dumps([{"name": "b", "url": "http://u:p@127.0.0.1:1/b"}]))
+            refused = not await d.reload("test")
+            path.write_text(json.dumps([{"name": "b", "url": "http://u:p@127.0.0.1:1/b", "token_file": str(token)}]))
+            also_refused = not await d.reload("test")  # per source: token_file and user:password exclude each other
+            return refused, also_refused, tuple(s.name for s in d.settings.sources)
+
+    refused, also_refused, names = asyncio.run(main())
+    assert refused and also_refused and names == ("a",)

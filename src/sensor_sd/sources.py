@@ -77,6 +77,19 @@ def read(path: Path) -> SourcesFile:
     return SourcesFile(path, parse(path, data), hashlib.sha256(data).hexdigest())
 
 
+def check_global_token(path: Path, found: tuple[Source, ...], global_token: Path | None) -> None:
+    """INVENTORY_TOKEN_FILE applies to the sources without a token_file: none of them may carry user:password.
+
+    The HTTP client refuses a request with both (and Prometheus allows only one of them).
+    """
+    if global_token is None:
+        return
+    for index, source in enumerate(found):
+        if source.token_file is None and "@" in source.url.partition("://")[2].split("/", 1)[0]:
+            raise SourcesFileError(path, f"source #{index + 1} ({source.name})",
+                                   "user:password in url while INVENTORY_TOKEN_FILE applies to it; use one of them")
+
+
 def parse(path: Path, data: bytes) -> tuple[Source, ...]:
     """The sources of a file's bytes (JSON, or YAML when PyYAML is installed)."""
     doc = _load(path, data)

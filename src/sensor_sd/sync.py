@@ -516,6 +516,7 @@ class Discoverer:
             self._sources_stamp = sources.file_stamp(path)  # before reading: a write during the read is seen next time
             try:
                 loaded = await asyncio.to_thread(sources.read, path)
+                sources.check_global_token(path, loaded.sources, self.settings.inventory_token_file)
             except ConfigError as exc:
                 self._metrics.sources_reloads.labels(result="failure").inc()
                 self._metrics.sources_reload_ok.set(0)
