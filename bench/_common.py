@@ -118,7 +118,8 @@ def sd_env(**env: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k not in {
         "INVENTORY_URL", "UPDATE_INTERVAL", "TARGETS_FILE", "METRICS_PORT", "METRICS_PATH", "TARGET_LABELS",
         "LISTEN_ADDRESS", "REQUEST_TIMEOUT", "MAX_RESPONSE_BYTES", "MAX_DROP_RATIO", "DROP_CONFIRMATIONS",
-        "DROP_WINDOW", "DROP_HOLD", "INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE", "LOG_FORMAT",
+        "DROP_WINDOW", "DROP_HOLD", "INVENTORY_TOKEN_FILE", "INVENTORY_CA_FILE", "WEB_CONFIG_FILE", "SOURCES_FILE",
+        "LOG_FORMAT",
         "LOG_LEVEL"}}
     return {**base, "LOG_FORMAT": "json", "LOG_LEVEL": "warning", **env}
 

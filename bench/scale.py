@@ -85,7 +85,8 @@ def measure_sd(stores: int, per_store: int, plan: Plan, workdir: Path) -> dict[s
     try:
         inv = start_inventory(procs, stores, per_store)
         # One sync of every store as a whole process (`sensor-sd once`: poll all, publish once, exit).
-        once_env = sd_env(**sources_env(url(inv), store_names(stores)), TARGETS_FILE=str(procs.workdir / "once.json"))
+        once_env = sd_env(**sources_env(url(inv), store_names(stores), procs.workdir / "once.sources.json"),
+                          TARGETS_FILE=str(procs.workdir / "once.json"))
         once_wall, once_kib, code, err = run_measured(sd_argv("once"), once_env)
         if code != 0:
             raise StackError(f"sensor-sd once exited {code}: {err}")
@@ -119,7 +120,8 @@ def measure_sd(stores: int, per_store: int, plan: Plan, workdir: Path) -> dict[s
 
 
 def sd_table(rows: list[dict[str, Any]], plan: Plan) -> Table:
-    t = Table(f"sensor-sd over many stores (UPDATE_INTERVAL={plan.update_interval:g}, one source per store)",
+    t = Table(f"sensor-sd over many stores (UPDATE_INTERVAL={plan.update_interval:g}, one source per store "
+              "in a SOURCES_FILE)",
               ["stores × sensors", "targets", "`once`: sync every store (s)", "`once` peak RSS (MiB)",
                "daemon: start → all on /targets (s)", "daemon file writes in its first sync",
                "daemon peak RSS after first sync (MiB)", "daemon RSS steady (MiB)",
@@ -132,8 +134,9 @@ def sd_table(rows: list[dict[str, Any]], plan: Plan) -> Table:
         "`once`: the whole `sensor-sd once` process (interpreter start and imports, about 0.3 s, included) polling "
         "every store concurrently and publishing once; peak RSS from GNU time. `start → all`: spawn of `sensor-sd run` "
         "until /targets holds every target.",
-        "`file writes in the first sync`: the daemon publishes after every source's poll, but the file is written "
-        "only when its bytes change and concurrent first polls coalesce: a handful of writes, not one per store.",
+        "`file writes in the first sync`: the daemon publishes after every poll that changed a source's list, but "
+        "the file is written only when its bytes change and concurrent first polls coalesce: a handful of writes, "
+        "not one per store. After a 304 nothing is published (the file is checked at most once per interval).",
         f"CPU: utime+stime of the sensor-sd process (/proc/PID/stat, 10 ms ticks) over a window of "
         f"{plan.cpu_window:g} s that starts once every store has answered 304; the inventory simulator runs in its own "
         "process and is not counted.",

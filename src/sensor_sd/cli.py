@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(settings: Settings, logger: logging.Logger) -> int:
     from sensor_sd import server
 
+    _raise_nofile_limit(logger)
     metrics = Metrics()
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, metrics, logger)
@@ -114,6 +115,7 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, discoverer.request_reload)  # else SIGHUP would end the daemon
         addr = settings.listen_address
         log.event(logger, logging.INFO, "sensor-sd started", version=__version__,
                   listen=f"{addr.host or '0.0.0.0'}:{addr.port}", sources=[s.display_url for s in settings.sources],
@@ -131,6 +133,19 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
     if polling.done() and not polling.cancelled() and polling.exception() is not None:
         raise polling.exception()  # type: ignore[misc]
     return EXIT_OK
+
+
+def _raise_nofile_limit(logger: logging.Logger) -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: a socket per in-flight store plus scrapers' connections
+    outgrow the usual soft 1024 long before the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.event(logger, logging.WARNING, "cannot raise the open files limit", soft=soft, hard=hard, error=str(exc))
 
 
 async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summary: bool) -> int:

@@ -32,6 +32,11 @@ class Source:
 
     name: str
     url: str
+    # Set per source by SOURCES_FILE only (sensor_sd.sources); None/empty: the global settings apply.
+    labels: tuple[tuple[str, str], ...] = ()
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    interval: float | None = None
 
     @property
     def display_url(self) -> str:
@@ -66,6 +71,7 @@ class Settings:
     web_max_connections: int = 512
     log_format: str = "json"
     log_level: str = "info"
+    sources_file: Path | None = None
 
 
 def redact_url(url: str) -> str:
@@ -221,6 +227,12 @@ def _targets_file(text: str) -> Path | None:
     return Path(text)
 
 
+def _sources_file(text: str) -> Path | None:
+    if "\x00" in text:
+        raise ValueError("a file path, or empty for INVENTORY_URL alone")
+    return Path(text) if text else None
+
+
 def _metrics_path(text: str) -> str:
     if not text.startswith("/") or _CONTROL_RE.search(text) or " " in text or "?" in text or "#" in text:
         raise ValueError("an URL path starting with / without spaces, ? or #")
@@ -337,6 +349,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "exporter-toolkit web config"),
     _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000),
             "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
+    _Option("SOURCES_FILE", "sources_file", _sources_file, "YAML or JSON file of sources (not with INVENTORY_URL)"),
     _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
     _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
 )
@@ -362,6 +375,7 @@ DEFAULTS: Mapping[str, str] = {
     "INVENTORY_CA_FILE": "",
     "WEB_CONFIG_FILE": "",
     "WEB_MAX_CONNECTIONS": "512",
+    "SOURCES_FILE": "",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
 }
@@ -389,6 +403,8 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
         except ValueError as exc:
             shown = redact_raw_sources(raw) if opt.env == "INVENTORY_URL" else raw
             raise ConfigError(name, shown, str(exc)) from None
+    if values["sources_file"] is not None:
+        _use_sources_file(values, flags, environ)
     if values["inventory_token_file"] is not None:
         with_credentials = [s.name for s in values["sources"] if urlsplit(s.url).username is not None]
         if with_credentials:  # aiohttp refuses both; Prometheus too allows only one of basic auth and a token
@@ -397,3 +413,22 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
                               f"(source {with_credentials[0]}); use one of them")
     return Settings(**values)
 
+
+def _use_sources_file(values: dict[str, Any], flags: Mapping[str, str | None], environ: Mapping[str, str]) -> None:
+    """Replace the sources by those of SOURCES_FILE; an INVENTORY_URL given as well is a conflict."""
+    from sensor_sd import sources  # the file's own parser and checks
+
+    opt = next(o for o in OPTIONS if o.env == "SOURCES_FILE")
+    name = f"{opt.env} ({opt.flag})" if flags.get(opt.field) is not None else opt.env  # as `load` names it
+    if flags.get("sources") is not None or environ.get("INVENTORY_URL"):
+        raise ConfigError(name, str(values["sources_file"]),
+                          "not together with INVENTORY_URL; list every inventory in the sources file instead")
+    try:
+        values["sources"] = sources.read(values["sources_file"]).sources
+    except ConfigError as exc:
+        raise ConfigError(name, exc.value, exc.allowed) from None
+
+
+# Shared with sensor_sd.sources, which validates the same names and URLs in a file.
+SOURCE_NAME_RE = _SOURCE_NAME_RE
+check_url = _check_url

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from sensor_sd import __version__
 from sensor_sd.config import Settings, Source
@@ -23,7 +24,7 @@ from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout
 from sensor_sd.files import TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
 USER_AGENT = f"sensor-sd/{__version__}"
-_MIN_CONNECTIONS = 16
+MAX_IN_FLIGHT = 256  # inventory requests at once, over all sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +61,35 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._limit = settings.max_response_bytes
         self._token_file: Path | None = settings.inventory_token_file
-        ssl_ctx: ssl.SSLContext | bool = True
+        self._ca_file: Path | None = settings.inventory_ca_file
+        self._ssl: dict[Path | None, ssl.SSLContext | bool] = {None: True}
         if settings.inventory_ca_file:
-            ssl_ctx = ssl.create_default_context(cafile=str(settings.inventory_ca_file))
-        self._ssl = ssl_ctx
-        # One connection per source: a source has at most one request in flight (its poll lock), so no
-        # source ever waits for a connection that another one holds. A smaller pool let hanging stores
-        # hold every connection while healthy ones queued, and the queueing counts against their
-        # REQUEST_TIMEOUT, so they timed out too (tests/scale/test_many_stores.py).
-        self._connections = max(_MIN_CONNECTIONS, len(settings.sources))
+            self._ssl_for(settings.inventory_ca_file)
+        # Requests in flight are bounded (file descriptors, memory), and a request waits for its slot
+        # *before* its REQUEST_TIMEOUT starts: hanging stores may hold slots, but a healthy store only
+        # waits when more than MAX_IN_FLIGHT stores hang at once, and never fails for it. The pool
+        # has exactly as many connections as slots, so no request queues inside the pool, where the
+        # wait would count against its timeout (tests/scale/test_many_stores.py).
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
+        # Each source's URL parsed once, not on every poll (a tenth of a 304 poll's CPU).
+        self._urls: dict[str, URL] = {}
+
+    def forget_cached(self) -> None:
+        """After a reload of the sources: re-read CA bundles on next use (a CA file may have been renewed)
+        and forget the parsed URLs of sources that may be gone."""
+        self._ssl = {None: True}
+        self._urls.clear()
+
+    def _ssl_for(self, ca_file: Path | None) -> ssl.SSLContext | bool:
+        """One TLS context per CA bundle, shared by every source that names it."""
+        ctx = self._ssl.get(ca_file)
+        if ctx is None:
+            ctx = self._ssl[ca_file] = ssl.create_default_context(cafile=str(ca_file))
+        return ctx
 
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections, ttl_dns_cache=30)
+        connector = aiohttp.TCPConnector(ssl=self._ssl_for(self._ca_file), limit=MAX_IN_FLIGHT, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=False
         )
@@ -82,27 +99,42 @@ class Client:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, validators: Validators) -> dict[str, str]:
+    def _headers(self, validators: Validators, token_file: Path | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
         if validators.etag:
             headers["If-None-Match"] = validators.etag
         if validators.last_modified:
             headers["If-Modified-Since"] = validators.last_modified
-        if self._token_file is not None:
+        if token_file is not None:
             # Re-read on every request so a rotated token is picked up, as Prometheus does; bounded and
             # non-blocking, so a token swapped for a FIFO or /dev/zero fails the poll instead of the loop.
             try:
-                token = read_regular(self._token_file, TOKEN_FILE_LIMIT).decode().strip()
+                token = read_regular(token_file, TOKEN_FILE_LIMIT).decode().strip()
             except (UnreadableFile, UnicodeDecodeError) as exc:
-                raise FetchError(f"cannot read INVENTORY_TOKEN_FILE: {exc}") from None
+                what = "INVENTORY_TOKEN_FILE" if token_file == self._token_file else f"token_file {token_file}"
+                raise FetchError(f"cannot read {what}: {exc}") from None
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
     async def fetch(self, source: Source, validators: Validators) -> Response:
         """GET the inventory; raises an InventoryError subclass for every failure."""
         assert self._session is not None, "use `async with Client(...)`"
+        async with self._slots:
+            return await self._fetch(source, validators)
+
+    async def _fetch(self, source: Source, validators: Validators) -> Response:
+        assert self._session is not None
+        token_file = source.token_file or self._token_file
         try:
-            async with self._session.get(source.url, headers=self._headers(validators), max_redirects=5) as resp:
+            ssl_ctx = self._ssl_for(source.ca_file or self._ca_file)
+        except (ssl.SSLError, OSError) as exc:  # a CA file changed on disk since it was validated
+            raise FetchError(f"cannot load CA file {source.ca_file}: {exc}") from None
+        try:
+            url = self._urls.get(source.url)
+            if url is None:
+                url = self._urls[source.url] = URL(source.url)
+            async with self._session.get(url, headers=self._headers(validators, token_file), max_redirects=5,
+                                         ssl=ssl_ctx) as resp:
                 if resp.status == 304:
                     return Response(None, validators)
                 if not 200 <= resp.status < 300:

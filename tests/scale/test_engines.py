@@ -215,8 +215,8 @@ def test_vmalert_fires_sensor_down_with_the_store_label(chain: Chain, procs: Pro
     """The shipped rules, evaluated by vmalert on victoria-metrics, reach a real Alertmanager.
 
     `for:` is shortened to 2s in a copy of the rules (expressions, labels and
-    annotations as shipped). TODO(SOURCES_FILE): the store is today's `source`
-    label (one source per store); with per-source labels, assert the `store` label.
+    annotations as shipped). The store arrives both as `source` (one source per
+    store) and as the `store` label of the sources file.
     """
     start_vmagent(procs, vmagent_config(**chain.ports()), chain.vm, name="vmagent-central",
                   flags=["-remoteWrite.label=topology=central"])
@@ -233,6 +233,7 @@ def test_vmalert_fires_sensor_down_with_the_store_label(chain: Chain, procs: Pro
         alerts = wait_until(sensor_down, 60, "SensorDown in Alertmanager", 0.25)
         assert {a["labels"]["instance"] for a in alerts} == {victim}
         assert {a["labels"]["source"] for a in alerts} == {"store2"}
+        assert {a["labels"]["store"] for a in alerts} == {"store2"}
         assert {a["labels"]["severity"] for a in alerts} == {"warning"}
         assert all(a["annotations"]["summary"] == f"Sensor {victim} is down" for a in alerts)
     finally:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from sensor_sd.sim.engines import Procs, all_targets, start_inventory, start_sd, url
 from sensor_sd.sim.inventory import store_names
 from sensor_sd.sim.stack import admin_call, wait_until
@@ -61,8 +59,6 @@ def test_two_replicas_serve_identical_bytes_and_etags(procs: Procs) -> None:
     assert second["/targets"][2] != first["/targets"][2]
 
 
-@pytest.mark.xfail(strict=True, reason="core: groups are rendered in configuration order; sorting them by source "
-                                       "(Snapshot.build or Discoverer._groups) makes the order irrelevant")
 def test_replicas_agree_whatever_the_order_of_their_sources(procs: Procs) -> None:
     """Two replicas given the same sources in another order (e.g. a sources file edited by hand)."""
     _, a, b = start_pair(procs, order_b=list(reversed(store_names(STORES))))

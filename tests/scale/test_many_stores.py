@@ -1,8 +1,9 @@
-"""One slow, hanging or failing store never delays another: 240 stores through a real `sensor-sd run`.
+"""One slow, hanging or failing store never delays another: 300 stores through a real `sensor-sd run`.
 
 A fifth of the stores hang past REQUEST_TIMEOUT (their requests are accepted
 and never answered), a fifth answer 503, a few drip their answer slower than
-REQUEST_TIMEOUT; a change in any healthy store must still reach /targets within
+REQUEST_TIMEOUT; more stores than requests may be in flight at once
+(`MAX_IN_FLIGHT`), all from one SOURCES_FILE over one connection pool. A change in any healthy store must still reach /targets within
 one UPDATE_INTERVAL of that store, no healthy store may see a single error, and
 the failing stores keep their last known good targets.
 """
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import time
 
+from sensor_sd.inventory import MAX_IN_FLIGHT
 from sensor_sd.sim.engines import (
-    Procs, all_targets, metric_samples, scrape_metrics, start_inventory, start_sd, url,
+    Procs, all_targets, metric_samples, scrape_metrics, sd_targets, start_inventory, start_sd, url,
 )
 from sensor_sd.sim.inventory import store_names
 from sensor_sd.sim.stack import admin_call, wait_until
 
-STORES = 240
+STORES = 300
 PER_STORE = 5
-HANGING = range(0, 48)
-FAILING = range(48, 96)
-SLOW = range(96, 104)
-HEALTHY = range(104, STORES)
+HANGING = range(0, 60)
+FAILING = range(60, 120)
+SLOW = range(120, 130)
+HEALTHY = range(130, STORES)
 INTERVAL = 2.0
 REQUEST_TIMEOUT = 1.5
 # A poll that has seen the change still has to validate, build the snapshot and write the file.
@@ -37,6 +39,7 @@ def errors_by_store(sd_port: int) -> dict[str, float]:
 
 
 def test_hanging_and_failing_stores_never_delay_a_healthy_one(procs: Procs) -> None:
+    assert STORES > MAX_IN_FLIGHT > len(HANGING) + len(SLOW)
     inv = start_inventory(procs, STORES, PER_STORE)
     sd = start_sd(procs, inv, store_names(STORES), interval=INTERVAL, extra={"REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)})
     wait_until(lambda: len(all_targets(sd)) == STORES * PER_STORE, 60, "every store's targets on /targets", 0.2)

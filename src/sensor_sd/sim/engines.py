@@ -96,9 +96,10 @@ def start_fleet(p: Procs, name: str = "fleet") -> int:
 
 def start_sd(p: Procs, inventory_port: int, stores: Iterable[str], *, name: str = "sensor-sd",
              interval: float = 1.0, extra: Mapping[str, str] | None = None) -> int:
-    """sensor-sd with one source per store (`source` label = the store's name)."""
+    """sensor-sd with one source per store from a SOURCES_FILE (`source` and `store` labels = the store's name)."""
     port = free_port()
-    env = {**sources_env(url(inventory_port), stores), "UPDATE_INTERVAL": str(interval),
+    env = {**sources_env(url(inventory_port), stores, p.workdir / f"{name}.sources.json"),
+           "UPDATE_INTERVAL": str(interval),
            "LISTEN_ADDRESS": f"{LOOPBACK}:{port}", "TARGETS_FILE": str(p.workdir / f"{name}.targets.json"),
            "LOG_LEVEL": "error", **(extra or {})}
     p.start(name, sensor_sd_argv("run"), url(port, "/-/healthy"), env=env)

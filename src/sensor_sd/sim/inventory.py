@@ -45,9 +45,10 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -286,14 +287,22 @@ def store_names(count: int) -> list[str]:
     return [f"store{i}" for i in range(count)]
 
 
-def sources_env(base_url: str, stores: Iterable[str]) -> dict[str, str]:
+def sources_doc(base_url: str, stores: Iterable[str], labels: Mapping[str, Mapping[str, str]] | None = None
+                ) -> dict[str, Any]:
+    """A SOURCES_FILE document: one source per store, each with its label `store=<name>` (plus `labels[name]`)."""
+    labels = labels or {}
+    return {"sources": [{"name": name, "url": f"{base_url}/stores/{name}/inventory",
+                         "labels": {"store": name, **labels.get(name, {})}} for name in stores]}
+
+
+def sources_env(base_url: str, stores: Iterable[str], path: Path) -> dict[str, str]:
     """The sensor-sd environment that polls these stores of a simulator at `base_url`: one source per store.
 
-    Today `INVENTORY_URL=name=url,...` (label `source=<store>`); the one place
-    tests and benchmarks build their sources configuration, so moving them to a
-    sources file is a change here only.
+    Writes the sources file at `path` (JSON) and names it in `SOURCES_FILE`; the one place tests and
+    benchmarks build their sources configuration.
     """
-    return {"INVENTORY_URL": ",".join(f"{name}={base_url}/stores/{name}/inventory" for name in stores)}
+    path.write_bytes(orjson.dumps(sources_doc(base_url, stores), option=orjson.OPT_INDENT_2))
+    return {"SOURCES_FILE": str(path)}
 
 
 STATE = web.AppKey("inventory_state", InventoryState)

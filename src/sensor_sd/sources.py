@@ -1,0 +1,268 @@
+"""SOURCES_FILE: many inventories (e.g. one per store) from a YAML or JSON file.
+
+Why a file and not a longer INVENTORY_URL: each source carries its own
+labels (`store`, `region`), credentials and interval, and the set changes
+while the daemon runs (stores open and close), so the file is re-read on
+SIGHUP and when it changes. The whole file is validated before anything is
+used: an invalid file is refused as a whole with one line naming the entry
+and the field, and the running set stays.
+
+The format (JSON is accepted anywhere; YAML needs PyYAML, an optional extra)::
+
+    sources:
+      - name: store7
+        url: https://store7.example.com/inventory
+        labels: {store: "7", region: eu-west}
+        token_file: /run/secrets/store7.token   # optional
+        ca_file: /etc/ssl/store-ca.pem          # optional
+        interval: 60                            # optional seconds, else UPDATE_INTERVAL
+
+A bare list of sources is accepted too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor_sd.config import LABEL_NAME_RE, SOURCE_NAME_RE, Source, check_url
+from sensor_sd.errors import ConfigError
+from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, UnreadableFile, read_regular
+
+VARIABLE = "SOURCES_FILE"
+MAX_FILE_BYTES = 64 * 1024 * 1024  # 100k sources of ~300 bytes each fit with room to spare
+MAX_SOURCES = 100_000
+_KEYS = frozenset({"name", "url", "labels", "token_file", "ca_file", "interval"})
+_MIN_INTERVAL, _MAX_INTERVAL = 0.001, 86400.0
+_URL_ALLOWED = "an http(s) URL with a host"
+
+
+class SourcesFileError(ConfigError):
+    """The sources file (or one entry of it) is invalid; the message names the entry and field."""
+
+    def __init__(self, path: Path, where: str, problem: str) -> None:
+        super().__init__(VARIABLE, str(path), f"{where}: {problem}" if where else problem)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesFile:
+    """A validated sources file: its sources and the digest of the bytes they came from."""
+
+    path: Path
+    sources: tuple[Source, ...]
+    digest: str
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime ns) of the file, or None when it cannot be stat'ed: a cheap change check."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read(path: Path) -> SourcesFile:
+    """Read and validate the whole file; raises SourcesFileError (a ConfigError) naming what is wrong."""
+    try:  # bounded and non-blocking: a FIFO or /dev/zero in its place is refused, not waited on
+        data = read_regular(path, MAX_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise SourcesFileError(path, "", f"a readable file ({exc})") from None
+    return SourcesFile(path, parse(path, data), hashlib.sha256(data).hexdigest())
+
+
+def check_global_token(path: Path, found: tuple[Source, ...], global_token: Path | None) -> None:
+    """INVENTORY_TOKEN_FILE applies to the sources without a token_file: none of them may carry user:password.
+
+    The HTTP client refuses a request with both (and Prometheus allows only one of them).
+    """
+    if global_token is None:
+        return
+    for index, source in enumerate(found):
+        if source.token_file is None and "@" in source.url.partition("://")[2].split("/", 1)[0]:
+            raise SourcesFileError(path, f"source #{index + 1} ({source.name})",
+                                   "user:password in url while INVENTORY_TOKEN_FILE applies to it; use one of them")
+
+
+def parse(path: Path, data: bytes) -> tuple[Source, ...]:
+    """The sources of a file's bytes (JSON, or YAML when PyYAML is installed)."""
+    doc = _load(path, data)
+    if isinstance(doc, Mapping):
+        extra = sorted(set(map(str, doc)) - {"sources"})
+        if extra:
+            raise SourcesFileError(path, "top level", f"unknown key {extra[0]!r} (allowed: sources)")
+        doc = doc.get("sources")
+    if not isinstance(doc, list):
+        raise SourcesFileError(path, "top level", "a list of sources, or a mapping with the key 'sources'")
+    if not doc:
+        raise SourcesFileError(path, "sources", "at least one source (an empty list would drop every target)")
+    if len(doc) > MAX_SOURCES:
+        raise SourcesFileError(path, "sources", f"at most {MAX_SOURCES} sources")
+    sources: list[Source] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(doc):
+        source = _source(path, index, entry)
+        if source.name in seen:
+            raise SourcesFileError(path, f"source #{index + 1} ({source.name})",
+                                   f"duplicate name (also source #{seen[source.name] + 1})")
+        seen[source.name] = index
+        sources.append(source)
+    return tuple(sources)
+
+
+def _load(path: Path, data: bytes) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourcesFileError(path, "", f"UTF-8 text (byte {exc.start} is not)") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        except ValueError as exc:
+            if path.suffix.lower() == ".json":
+                raise SourcesFileError(path, "", f"valid JSON ({_first_line(exc)})") from None
+    try:
+        import yaml
+    except ImportError:
+        raise SourcesFileError(path, "", "JSON (YAML needs PyYAML: pip install 'sensor-sd[yaml]')") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader(yaml))  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SourcesFileError(path, "", f"valid YAML ({_first_line(exc)})") from None
+    except ValueError as exc:  # a duplicate key
+        raise SourcesFileError(path, "", str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _unique_key_loader(yaml: Any) -> type:
+    """A SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            keys: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in keys:
+                    raise ValueError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                keys.add(key if isinstance(key, str) else repr(key))
+            return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+    return Loader
+
+
+def _source(path: Path, index: int, entry: object) -> Source:
+    where = f"source #{index + 1}"
+    if not isinstance(entry, Mapping):
+        raise SourcesFileError(path, where, "a mapping with name and url")
+    name = entry.get("name")
+    if isinstance(name, str) and SOURCE_NAME_RE.fullmatch(name):
+        where += f" ({name})"
+    unknown = sorted(str(k) for k in entry if k not in _KEYS)
+    if unknown:
+        raise SourcesFileError(path, where, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_KEYS))})")
+    if not isinstance(name, str) or not SOURCE_NAME_RE.fullmatch(name):
+        raise SourcesFileError(path, where, f"name: {_shown(name)} is not 1-63 letters, digits, _ . - "
+                                            "(not starting with . or -)")
+    url = entry.get("url")
+    if not isinstance(url, str):
+        raise SourcesFileError(path, where, f"url: {_shown(url)} is not {_URL_ALLOWED}")
+    try:
+        check_url(url, _URL_ALLOWED)
+    except ValueError:
+        raise SourcesFileError(path, where, f"url: {_shown(_redacted(url))} is not {_URL_ALLOWED}") from None
+    labels = _labels(path, where, entry.get("labels", {}))
+    token_file = _file(path, where, "token_file", entry.get("token_file"))
+    ca_file = _file(path, where, "ca_file", entry.get("ca_file"))
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise SourcesFileError(path, where, f"ca_file: {str(ca_file)!r} is not a PEM CA bundle ({exc})") from None
+    if token_file is not None and "@" in url.partition("://")[2].split("/", 1)[0]:
+        raise SourcesFileError(path, where, "token_file together with user:password in url; use one of them")
+    interval = _interval(path, where, entry.get("interval"))
+    return Source(name, url, labels=labels, token_file=token_file, ca_file=ca_file, interval=interval)
+
+
+def _labels(path: Path, where: str, labels: object) -> tuple[tuple[str, str], ...]:
+    if labels is None:
+        return ()
+    if not isinstance(labels, Mapping):
+        raise SourcesFileError(path, where, "labels: a mapping of label name to string value")
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_NAME_RE.fullmatch(key):
+            raise SourcesFileError(path, where, f"labels: {_shown(key)} is not a Prometheus label name "
+                                                "([a-zA-Z_][a-zA-Z0-9_]*)")
+        if key.startswith("__"):
+            raise SourcesFileError(path, where, f"labels: {key!r} is reserved (names starting with __ are "
+                                                "Prometheus' own)")
+        if key == "source":
+            raise SourcesFileError(path, where, "labels: 'source' is set from the name")
+        if not isinstance(value, str) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise SourcesFileError(path, where, f"labels: {key}={_shown(value)} is not a string without control "
+                                                "characters (quote numbers: \"7\")")
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def _file(path: Path, where: str, key: str, value: object) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise SourcesFileError(path, where, f"{key}: {_shown(value)} is not a file path")
+    file = Path(value)
+    if not file.is_absolute():
+        file = path.parent / file  # relative to the sources file, as Prometheus resolves its files
+    try:
+        data = read_regular(file, TOKEN_FILE_LIMIT if key == "token_file" else CA_FILE_LIMIT)
+    except UnreadableFile as exc:
+        raise SourcesFileError(path, where, f"{key}: {value!r} is not readable ({exc})") from None
+    if not data.strip():
+        raise SourcesFileError(path, where, f"{key}: {value!r} is empty")
+    return file
+
+
+def _interval(path: Path, where: str, value: object) -> float | None:
+    if value is None:
+        return None
+    allowed = f"interval: {_shown(value)} is not a number of seconds from {_MIN_INTERVAL:g} to {_MAX_INTERVAL:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SourcesFileError(path, where, allowed)
+    number = float(value)
+    if not math.isfinite(number) or not _MIN_INTERVAL <= number <= _MAX_INTERVAL:
+        raise SourcesFileError(path, where, allowed)
+    return number
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{tail.split('?', 1)[0]}"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
