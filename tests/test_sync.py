@@ -439,6 +439,26 @@ def test_an_outage_logs_its_start_reminders_and_recovery_not_every_poll(tmp_path
     run(t, tmp_path)
 
 
+def test_a_new_reason_within_an_outage_is_logged_once(tmp_path: Path) -> None:
+    """503s turning into bad bodies is news for the operator; the same reason again is not."""
+    async def t(env: Env) -> None:
+        s = env.settings()
+        logger, records = recording_logger("reasons")
+        async with Client(s) as client:
+            d = Discoverer(s, client, Metrics(CollectorRegistry()), logger)
+            await d.poll_all()
+            for mode, params in (("status", {"code": 503}), ("garbage", {}), ("status", {"code": 503})):
+                await env.fault(mode, **params)
+                for _ in range(3):
+                    [r] = await d.poll_all()
+                    assert r.result == "error"
+        failing = records.messages("inventory poll failed", "inventory still failing")
+        assert [rec.__dict__.get("reason") for rec in failing] == ["http_status", "decode"]
+        assert [rec.__dict__.get("failures") for rec in failing] == [1, 4]
+
+    run(t, tmp_path)
+
+
 def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug of ours in building the snapshot: the loop and refresh go on, the previous file and snapshot stay."""
     import sensor_sd.sync

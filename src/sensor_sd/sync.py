@@ -112,6 +112,7 @@ class _SourceState:
         self.failures = 0
         self.outage_since: float | None = None  # first failed poll of the current outage
         self.reminded: float | None = None  # last time the outage was logged
+        self.outage_reasons: set[str] = set()  # reasons already logged in this outage (a new one is news)
         self.faults_logged: set[str] = set()  # signatures of internal faults already logged with their traceback
 
 
@@ -398,7 +399,10 @@ class Discoverer:
             st.outage_since = now
         traceback = fault is not None and _first_sighting(st, fault)
         first = st.failures == 1
-        if not (first or traceback or st.reminded is None or now - st.reminded >= OUTAGE_REMINDER_SECONDS):
+        new_reason = exc.reason not in st.outage_reasons  # e.g. 503 turning into time-outs: logged once
+        st.outage_reasons.add(exc.reason)
+        if not (first or new_reason or traceback or st.reminded is None
+                or now - st.reminded >= OUTAGE_REMINDER_SECONDS):
             return
         st.reminded = now
         known = {"kept": len(st.group.targets)} if st.group is not None else {}  # never claim what never existed
@@ -424,6 +428,7 @@ class Discoverer:
                   failed_for=round(self._clock() - st.outage_since, 1))
         st.failures = 0
         st.outage_since = st.reminded = None
+        st.outage_reasons.clear()
 
     def _finish(self, st: _SourceState, result: str, added: tuple[str, ...], removed: tuple[str, ...],
                 duration: float, guard: Decision | None = None) -> PollResult:
