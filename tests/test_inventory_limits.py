@@ -214,6 +214,7 @@ def test_lying_content_length_fails_the_poll_and_reads_little(tmp_path: Path) ->
         [r] = await d.poll_all()
         assert (r.result, r.reason, r.targets) == ("error", "unreachable", 2), r
         assert "malformed HTTP answer" in (r.error or ""), r.error
+        assert "\n" not in (r.error or "") and "sensor_3" not in (r.error or ""), r.error  # one line, no echoed body
         assert (tmp / "targets.json").read_bytes() == before
         assert d.snapshot is not None and d.snapshot.count == 2
         await wait_for(inv.finished, "the client hung up")

@@ -235,8 +235,13 @@ _ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "conn
 def _describe(exc: BaseException) -> str:
     """Plain words for a failed request (what and where), without the client library's jargon.
 
-    The line reaches logs, the status page and the terminal summary of `once`/`check`.
+    The line reaches logs, the status page and the terminal summary of `once`/`check`:
+    always one line, however many lines (or echoed body bytes) the library's text holds.
     """
+    return " ".join(_plain_words(exc).split())[:300]
+
+
+def _plain_words(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         host = f"[{exc.host}]" if ":" in exc.host else exc.host
         where = f"{host}:{exc.port}"
@@ -255,7 +260,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return f"the answer broke off: {exc}"[:300]
     if isinstance(exc, aiohttp.ClientResponseError):
-        return f"malformed HTTP answer: {exc.message}"[:300]
+        first_line = str(exc.message).strip().split("\n", 1)[0]  # the parser's later lines echo the body
+        return f"malformed HTTP answer: {first_line}"[:300]
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[:300]
     text = str(exc) or exc.__class__.__name__
