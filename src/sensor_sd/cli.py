@@ -279,7 +279,8 @@ def _guard_words(result: PollResult, current: int, settings: Settings) -> str:
 
 _FAILURE = {"unreachable": "inventory unreachable", "timeout": "inventory timed out",
             "http_status": "inventory answered with an error", "too_large": "inventory answer too large",
-            "decode": "inventory answer unusable"}
+            "decode": "inventory answer unusable",
+            "internal": "internal error in sensor-sd (a bug: please report it with the log)"}
 
 
 def _outcome(command: str, r: PollResult, current: int, settings: Settings) -> str:
