@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import OUT, PY, SEED, Inventory, Table, min_med, rel, run_measured, sd_argv, sd_env  # noqa: E402
+from _common import OUT, PY, REPO, SEED, Inventory, Table, min_med, rel, run_measured, sd_argv, sd_env  # noqa: E402
 
 
 def _importtime(argv: list[str], env: dict[str, str], top: int) -> list[tuple[str, int, float]]:
@@ -48,11 +50,24 @@ def _importtime(argv: list[str], env: dict[str, str], top: int) -> list[tuple[st
     return sorted(rows, key=lambda r: -r[2])[:top]
 
 
+def _without_flag(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def _export_src(ref: str, into: Path) -> Path:
+    """src/ of a commit, unpacked into `into`; first on PYTHONPATH, it shadows the checkout's package."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15, help="rounds (each runs every command once)")
     ap.add_argument("--hosts", type=int, default=100, help="sensors in the inventory simulator")
     ap.add_argument("--out", type=Path, default=OUT / "cold-start.md", help="Markdown report")
+    ap.add_argument("--ref", help="also time `once` from this git commit's src/ (e.g. a commit before a change)")
     args = ap.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
@@ -60,24 +75,35 @@ def main(argv: list[str] | None = None) -> int:
         inv = Inventory(args.hosts, d / "logs")
         try:
             target = d / "targets.json"
+            # Bytecode cached, as in an installed package (pip compiles it): a private cache, filled by the
+            # first (untimed) round, so the checkout is not touched. One row compiles every run, as an
+            # editable checkout does under PYTHONDONTWRITEBYTECODE=1.
+            cache = {"PYTHONPYCACHEPREFIX": str(d / "pycache")}
             env = sd_env(INVENTORY_URL=f"inv={inv.url}", TARGETS_FILE=str(target), MAX_DROP_RATIO="1")
+            cached, env_cached = ({**_without_flag(e), **cache} for e in (os.environ, env))
             commands = {
-                "interpreter alone (`python -c pass`)": ([PY, "-c", "pass"], None),
-                f"seed design (`{rel(SEED)}`)": ([PY, str(SEED), inv.url, str(d / "seed.json")], None),
-                "`sensor-sd once`, first sync": (sd_argv("once"), env),
-                "`sensor-sd check` (file exists)": (sd_argv("check"), env),
+                "interpreter alone (`python -c pass`)": ([PY, "-c", "pass"], cached),
+                f"seed design (`{rel(SEED)}`)": ([PY, str(SEED), inv.url, str(d / "seed.json")], cached),
+                "`sensor-sd once`, first sync": (sd_argv("once"), env_cached),
+                "`sensor-sd check` (file exists)": (sd_argv("check"), env_cached),
+                "`sensor-sd once`, no bytecode cache (sources compiled each run)":
+                    (sd_argv("once"), {**env, "PYTHONDONTWRITEBYTECODE": "1"}),
             }
+            if args.ref:
+                commands[f"`sensor-sd once` at {args.ref}, first sync"] = (
+                    sd_argv("once"), {**env_cached, "PYTHONPATH": str(_export_src(args.ref, d / "ref"))})
             times: dict[str, list[float]] = {name: [] for name in commands}
-            for _ in range(args.runs):
+            for rnd in range(args.runs + 1):
                 for name, (cmd, cmd_env) in commands.items():
                     if "once" in name:
                         target.unlink(missing_ok=True)
                     wall, _, rc, err = run_measured(cmd, cmd_env, timeout=120)
                     if rc != 0:
                         raise RuntimeError(f"{name} exited {rc}: {err}")
-                    times[name].append(wall)
+                    if rnd:  # round 0 fills the bytecode cache
+                        times[name].append(wall)
             target.unlink(missing_ok=True)
-            imports = _importtime(sd_argv("once"), env, 8)
+            imports = _importtime(sd_argv("once"), env_cached, 8)
         finally:
             inv.stop()
 
@@ -88,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         low, mid = min_med(values)
         wall.add(name, low, mid, f"{mid / seed_median:.2f}×")
-    wall.notes.append("Each round runs the four commands in turn; `once` deletes the targets file first (a first "
-                      "sync: fetch, validate, durable write), `check` reads it and writes nothing.")
+    wall.notes.append("Each round runs the commands in turn; `once` deletes the targets file first (a first "
+                      "sync: fetch, validate, durable write), `check` reads it and writes nothing. Bytecode is "
+                      "cached (an untimed first round fills a private cache) except in the `no bytecode cache` row.")
     top = Table("What `sensor-sd once` imports (one run under `python -X importtime`): own import time by package",
                 ["package", "modules", "ms"])
     for name, count, ms in imports:
