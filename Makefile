@@ -14,11 +14,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
 
+# Tiers are markers (tests/conftest.py marks whole directories): `make test` runs all but `slow`;
+# `make test-quick` is the unit tier, which the virtualenv alone runs (no Debian package is installed or used).
 test: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 
-test-quick: deps
-	$(PY) -m pytest -q -m "not integration" --ignore=tests/chaos
+test-quick: venv
+	$(PY) -m pytest -q -m "not integration and not system and not slow"
 
 # The long crash torture: 1000 SIGKILLs while the inventory flips every 50 ms.
 torture: deps
