@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from sensor_sd import __version__, config, log
 from sensor_sd.config import Settings
@@ -38,7 +39,7 @@ FILE_CHECK_SECONDS = 2.0  # how often, at most, the published file is checked fo
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"sensor-sd: {message}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
@@ -144,8 +145,9 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         await asyncio.wait({polling, watching}, timeout=STOP_GRACE_SECONDS)
         await runner.cleanup()
         log.event(logger, logging.INFO, "sensor-sd stopped")
-    if polling.done() and not polling.cancelled() and polling.exception() is not None:
-        raise polling.exception()  # type: ignore[misc]
+    failure = polling.exception() if polling.done() and not polling.cancelled() else None
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 
