@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for t in (wall, top):
         print(t.text(), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python bench/cold_start.py" + ("" if argv is None else " " + " ".join(argv))
+    command = " ".join(["python bench/cold_start.py", *(sys.argv[1:] if argv is None else argv)])
     args.out.write_text("\n\n".join([
         "# Cold start",
-        f"Written by `{command.strip()}` on {started:%Y-%m-%d %H:%M} UTC; a shared machine, so read the medians "
+        f"Written by `{command}` on {started:%Y-%m-%d %H:%M} UTC; a shared machine, so read the medians "
         "side by side rather than as absolutes.",
         *(f"## {t.title}\n\n{t.markdown()}" + "".join(f"\n\n{n}" for n in t.notes) for t in (wall, top)),
     ]) + "\n")
