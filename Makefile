@@ -9,16 +9,22 @@ SENSORS ?= 100
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-quick torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak reliability-report screenshot clean
+.PHONY: run test test-quick lint torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak reliability-report screenshot clean
 
 run: deps
 	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
 
-test: deps
-	$(PY) -m pytest -q
+# Tiers are markers (tests/conftest.py marks whole directories): `make test` runs all but `slow`;
+# `make test-quick` is the unit tier, which the virtualenv alone runs (no Debian package is installed or used).
+test: deps lint
+	$(PY) -m pytest -q -m "not slow"
 
-test-quick: deps
-	$(PY) -m pytest -q -m "not integration" --ignore=tests/chaos
+# The type check of the package (mypy, configured in pyproject.toml).
+lint: venv
+	$(PY) -m mypy
+
+test-quick: venv
+	$(PY) -m pytest -q -m "not integration and not system and not slow"
 
 # The long crash torture: 1000 SIGKILLs while the inventory flips every 50 ms.
 torture: deps

@@ -20,14 +20,28 @@ settings.register_profile("long", max_examples=10_000, deadline=None, suppress_h
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`slow` tests (10k-example fuzz, 1000-kill torture) run only with `-m slow` or SENSOR_SD_SLOW=1."""
-    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SENSOR_SD_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: select with -m slow or SENSOR_SD_SLOW=1")
+# Test tiers, one mechanism: markers. A directory's tests get its marker here; a test elsewhere that calls a
+# Debian package's tool (promtool, amtool, vmagent, ...) carries @pytest.mark.system itself. `make test-quick`
+# is `-m "not integration and not system and not slow"`: the venv alone runs it.
+TESTS = Path(__file__).resolve().parent
+DIRECTORY_MARKERS = {"integration": "integration", "chaos": "integration", "scale": "integration",
+                     "deploy_live": "integration"}
+DEFAULT_MARKEXPR = "not slow"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Without -m the slow tests (10k-example fuzz, 1000-kill torture) are deselected: `-m slow` selects them."""
+    if not config.option.markexpr:
+        config.option.markexpr = DEFAULT_MARKEXPR
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        parts = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
+        marker = DIRECTORY_MARKERS.get(parts[0]) if len(parts) > 1 else None
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ def jobs(doc: dict) -> dict[str, dict]:
     return {j["job_name"]: j for j in doc["scrape_configs"]}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("http_sd", [False, True])
 def test_promtool_accepts_the_generated_config(tmp_path: Path, http_sd: bool) -> None:
     cfg = StackConfig(tmp_path, PORTS, http_sd=http_sd)
@@ -72,12 +73,14 @@ def test_rule_files_exist_and_shipped_rules_can_be_replaced(tmp_path: Path) -> N
     assert only["rule_files"] == [str(extra)]
 
 
+@pytest.mark.system
 def test_promtool_checks_the_rules_the_stack_loads(tmp_path: Path) -> None:
     files = prometheus_config(StackConfig(tmp_path, PORTS))["rule_files"]
     proc = subprocess.run([tool("promtool"), "check", "rules", *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.system
 def test_alertmanager_config_keeps_routing_and_drops_remote_delivery(tmp_path: Path) -> None:
     shipped = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
     doc = alertmanager_config()
@@ -102,6 +105,7 @@ def test_ephemeral_ports_are_distinct() -> None:
         assert len({port for _, port in ports.items()}) == len(ports.items()) == 6  # five parts and the console
 
 
+@pytest.mark.system
 def test_rules_with_short_for_differ_from_the_shipped_ones_only_in_for(tmp_path: Path) -> None:
     fast = rules_with_for(tmp_path / "fast.rules.yml", "3s")
     proc = subprocess.run([tool("promtool"), "check", "rules", str(fast)], capture_output=True, text=True)

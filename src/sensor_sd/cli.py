@@ -5,6 +5,12 @@ Exit codes: 0 done, 1 the inventory failed (or a drop was held back),
 guard would hold the change back. On a terminal, `once` and `check` end with
 one plain-language line saying what happened, what the targets file holds
 and what the exit code means (`--summary` forces it on or off).
+
+`once` and `check` import only what they use: the server, the web config
+(bcrypt, PyYAML), prometheus_client and the simulators are imported inside
+the commands that need them, since at 100 hosts importing them cost more
+than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
+measures it).
 """
 
 from __future__ import annotations
@@ -17,14 +23,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import prometheus_client
+from typing import NoReturn
 
 from sensor_sd import __version__, config, log
 from sensor_sd.config import Settings
 from sensor_sd.errors import ConfigError, PublishError
 from sensor_sd.inventory import Client
-from sensor_sd.metrics import Metrics
+from sensor_sd.metrics import Discarded, Metrics
 from sensor_sd.sync import Discoverer, PollResult
 from sensor_sd.targets import parse_file
 
@@ -34,13 +39,14 @@ FILE_CHECK_SECONDS = 2.0  # how often, at most, the published file is checked fo
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"sensor-sd: {message}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for `argv`: a simulator's flags are added (and the simulator imported) only for its command."""
     parser = _Parser(prog="sensor-sd", description="Prometheus service discovery for fleets of embedded sensors.")
     parser.add_argument("--version", action="version", version=f"sensor-sd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -53,15 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     for p in (once, check):
         p.add_argument("--summary", choices=("auto", "always", "never"), default="auto",
                        help="end with one plain-language line (auto: when stderr is a terminal)")
-    from sensor_sd.sim import fleet, inventory  # the simulators' flags only
+    inventory_server = sub.add_parser("inventory-server", help="inventory simulator (port 1337)")
+    fleet_sim = sub.add_parser("fleet", help="sensor fleet simulator (an HTTP proxy for sensor_N:9100)")
+    # The first word that is not an option names the command (the top-level options take no value).
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "inventory-server":
+        from sensor_sd.sim import inventory
 
-    inventory.add_arguments(sub.add_parser("inventory-server", help="inventory simulator (port 1337)"))
-    fleet.add_arguments(sub.add_parser("fleet", help="sensor fleet simulator (an HTTP proxy for sensor_N:9100)"))
+        inventory.add_arguments(inventory_server)
+    elif command == "fleet":
+        from sensor_sd.sim import fleet
+
+        fleet.add_arguments(fleet_sim)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     if args.command == "inventory-server":
         from sensor_sd.sim import inventory
 
@@ -76,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sensor-sd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logger = log.setup(settings.log_format, settings.log_level)
-    prometheus_client.disable_created_metrics()
     try:
         if args.command == "run":
             return asyncio.run(_run(settings, logger))
@@ -89,9 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(settings: Settings, logger: logging.Logger) -> int:
+    import prometheus_client
+
     from sensor_sd import server
 
     _raise_nofile_limit(logger)
+    prometheus_client.disable_created_metrics()
     metrics = Metrics()
     async with Client(settings) as client:
         discoverer = Discoverer(settings, client, metrics, logger)
@@ -130,8 +147,9 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         await asyncio.wait({polling, watching}, timeout=STOP_GRACE_SECONDS)
         await runner.cleanup()
         log.event(logger, logging.INFO, "sensor-sd stopped")
-    if polling.done() and not polling.cancelled() and polling.exception() is not None:
-        raise polling.exception()  # type: ignore[misc]
+    failure = polling.exception() if polling.done() and not polling.cancelled() else None
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 
@@ -151,7 +169,7 @@ def _raise_nofile_limit(logger: logging.Logger) -> None:
 async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summary: bool) -> int:
     before = _file_state(settings.targets_file)
     async with Client(settings) as client:
-        discoverer = Discoverer(settings, client, Metrics(), logger)
+        discoverer = Discoverer(settings, client, Discarded(), logger)
         if not _take_file(discoverer, claim=True):
             return EXIT_CONFIG
         discoverer.load_file()
@@ -167,7 +185,7 @@ async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -
     """Fetch, validate and ask the guard (a pure query): publishes nothing, logs no sync."""
     before_file = _file_state(settings.targets_file)
     async with Client(settings) as client:
-        discoverer = Discoverer(settings, client, Metrics(), logger)
+        discoverer = Discoverer(settings, client, Discarded(), logger)
         if not _take_file(discoverer, claim=False):  # check reads only: no lock, no clean-up
             return EXIT_CONFIG
         discoverer.load_file()

@@ -1,23 +1,80 @@
-"""The SD's own metrics, on a registry of its own (no global state)."""
+"""The SD's own metrics, on a registry of its own (no global state).
+
+prometheus_client is imported only when metrics are made for export: its
+package import brings its HTTP exposition (http.server, wsgiref, urllib),
+which is a good part of a one-shot run that exports nothing (`once`,
+`check` use `Discarded`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor_sd import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 # Inventory requests take ms to seconds; REQUEST_TIMEOUT caps them.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class Counting(Protocol):
+    """What the code does to a counter (prometheus_client's Counter has it, and so has `_Discard`)."""
+
+    def labels(self, *values: str, **labels: str) -> Counting: ...
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Setting(Protocol):
+    """What the code does to a gauge."""
+
+    def labels(self, *values: str, **labels: str) -> Setting: ...
+    def set(self, value: float) -> None: ...
+
+
+class Observing(Protocol):
+    """What the code does to a histogram."""
+
+    def labels(self, *values: str, **labels: str) -> Observing: ...
+    def observe(self, amount: float) -> None: ...
+
+
 class Metrics:
     """All `sensor_sd_*` metrics; one instance per process, passed to who needs it."""
 
+    registry: CollectorRegistry
+    syncs: Counting
+    request_duration: Observing
+    targets: Setting
+    added: Counting
+    removed: Counting
+    last_success: Setting
+    inventory_up: Setting
+    invalid: Counting
+    errors: Counting
+    guard_active: Setting
+    publish_errors: Counting
+    file_writes: Counting
+    file_restores: Counting
+    update_interval: Setting
+    build_info: Setting
+    sources_reloads: Counting
+    sources_reload_ok: Setting
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            GCCollector,
+            Histogram,
+            PlatformCollector,
+            ProcessCollector,
+        )
+
         self.registry = registry = registry or CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -79,8 +136,9 @@ class Metrics:
 
     def remove_source(self, source: str) -> None:
         """Drop every series of a source that left the configuration, so no stale `up`/targets linger."""
-        for metric in (self.syncs, self.request_duration, self.targets, self.inventory_up, self.guard_active,
-                       self.last_success, self.invalid, self.errors):
+        families: tuple[Any, ...] = (self.syncs, self.request_duration, self.targets, self.inventory_up,
+                                     self.guard_active, self.last_success, self.invalid, self.errors)
+        for metric in families:  # prometheus_client's own classes here; `Discarded` overrides this
             names = metric._labelnames  # noqa: SLF001 - prometheus_client has no public "remove matching"
             at = names.index("source")
             for values in list(metric._metrics):  # noqa: SLF001
@@ -98,3 +156,38 @@ class SourceMetrics:
     inventory_up: Any
     guard_active: Any
     last_success: Any
+
+
+class _Discard:
+    """A counter, gauge and histogram at once that keeps nothing."""
+
+    def labels(self, *values: str, **labels: str) -> _Discard:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class Discarded(Metrics):
+    """Metrics for a one-shot command (`once`, `check`): updated like the daemon's, kept by no one.
+
+    It has no `registry`: nothing is exported, so prometheus_client is never imported.
+    """
+
+    def __init__(self) -> None:  # not Metrics.__init__: no registry, no import
+        d = _Discard()
+        self.syncs = self.added = self.removed = self.invalid = self.errors = d
+        self.publish_errors = self.file_writes = self.file_restores = d
+        self.request_duration = d
+        self.targets = self.last_success = self.inventory_up = self.guard_active = d
+        self.update_interval = self.build_info = d
+        self.sources_reloads = self.sources_reload_ok = d
+
+    def remove_source(self, source: str) -> None:
+        """Nothing is kept, so nothing to drop."""

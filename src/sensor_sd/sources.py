@@ -157,7 +157,7 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _unique_key_loader(yaml: Any) -> type:
     """A SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
 
-    class Loader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+    class Loader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             keys: set[Any] = set()
             for key_node, _ in node.value:
@@ -165,7 +165,7 @@ def _unique_key_loader(yaml: Any) -> type:
                 if isinstance(key, str) and key in keys:
                     raise ValueError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
                 keys.add(key if isinstance(key, str) else repr(key))
-            return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+            return super().construct_mapping(node, deep)
 
     return Loader
 

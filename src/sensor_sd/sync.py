@@ -8,6 +8,7 @@ only ever changes to another good state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -516,7 +517,7 @@ class Discoverer:
     def _start_loop(self, name: str) -> None:
         assert self._stop is not None
         task = self._tasks[name] = asyncio.ensure_future(self._loop(name, self._stop))
-        task.add_done_callback(lambda t, name=name: self._loop_ended(name, t))
+        task.add_done_callback(functools.partial(self._loop_ended, name))
 
     def _loop_ended(self, name: str, task: asyncio.Task[None]) -> None:
         """A source's loop ended: normal when stopping or retired; after a crash, restarted one interval later.

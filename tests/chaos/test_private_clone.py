@@ -4,7 +4,7 @@ A copy of this working tree (tracked and untracked files, not the ignored
 ones: what a clone of it would hold) goes into a fresh 0700 directory, gets
 its own virtualenv through `make venv` (from the package registry, about a
 minute), and runs tests/chaos/test_disk_faults.py there. Slow: select with
-`-m slow` or SENSOR_SD_SLOW=1.
+`-m slow`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_disk_fault_tests_pass_in_a_clone_inside_a_0700_directory(tmp_path: Path
     for name in _tree_files():
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, clone / name)
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "SENSOR_SD_SLOW", "PYTHONPATH"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
     venv = subprocess.run(["make", "venv"], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
     assert venv.returncode == 0, venv.stdout[-2000:] + venv.stderr[-2000:]
     run = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",

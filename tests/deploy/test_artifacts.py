@@ -147,6 +147,7 @@ def test_expected_prometheus_configs_exist():
     assert RULE_FILES and RULE_TEST_FILES
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("cfg", PROM_CONFIGS, ids=rel)
 def test_promtool_check_config(cfg: Path):
     args = [tool("promtool"), "check", "config"]
@@ -229,6 +230,7 @@ def test_sharding_configs_are_consistent():
     assert seen_server == seen_hashmod == set(range(n))
 
 
+@pytest.mark.system
 def test_kubernetes_prometheus_configmap_is_valid_config(tmp_path: Path):
     cm = load_yaml(K8S / "prometheus-scrape-configmap.yaml")
     cfg = tmp_path / "prometheus.yml"
@@ -245,6 +247,7 @@ def test_kubernetes_prometheus_configmap_is_valid_config(tmp_path: Path):
 # Rules
 # --------------------------------------------------------------------------
 
+@pytest.mark.system
 @pytest.mark.parametrize("rules", RULE_FILES, ids=rel)
 def test_promtool_check_rules(rules: Path):
     proc = run([tool("promtool"), "check", "rules", rules.name], cwd=rules.parent)
@@ -252,6 +255,7 @@ def test_promtool_check_rules(rules: Path):
     assert "SUCCESS" in output(proc)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("tests", RULE_TEST_FILES, ids=rel)
 def test_promtool_test_rules(tests: Path):
     proc = run([tool("promtool"), "test", "rules", tests.name], cwd=tests.parent)
@@ -308,6 +312,7 @@ def test_rules_carry_no_hostnames():
 # Alertmanager
 # --------------------------------------------------------------------------
 
+@pytest.mark.system
 def test_amtool_check_config():
     proc = run([tool("amtool"), "check-config", str(AM_CONFIG)])
     assert proc.returncode == 0, output(proc)
@@ -319,6 +324,7 @@ def test_amtool_check_config():
     (["alertname=SensorDown", "severity=warning", "source=north"], "team-webhook"),
     (["alertname=Unknown"], "null"),
 ])
+@pytest.mark.system
 def test_alertmanager_routing(labels: list[str], receiver: str):
     proc = run([tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}",
                 f"--verify.receivers={receiver}", *labels])
@@ -618,6 +624,7 @@ def test_dashboard_structure(dash: Path):
         assert want in titles
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("dash", DASHBOARDS, ids=rel)
 def test_dashboard_exprs_parse(dash: Path, tmp_path: Path):
     """Every panel query goes through Prometheus' own PromQL parser."""

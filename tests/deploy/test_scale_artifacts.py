@@ -44,11 +44,13 @@ def load(p: Path) -> dict:
     return yaml.safe_load(p.read_text())
 
 
+@pytest.mark.system
 def test_vmagent_dry_run_accepts_the_scrape_config_and_relabel_file() -> None:
     proc = run(tool("vmagent"), "-dryRun", f"-promscrape.config={VMAGENT}", f"-remoteWrite.relabelConfig={VM_RELABEL}")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.system
 def test_vmagent_dry_run_can_fail(tmp_path: Path) -> None:
     """The check above means something: vmagent refuses what it does not support (e.g. refresh_interval)."""
     doc = load(VMAGENT)
@@ -70,11 +72,13 @@ def test_vmagent_config_matches_the_rules_and_sensor_sd() -> None:
     assert 'job=~"sensors|sensors-http"' in rules  # the job name the alerts select
 
 
+@pytest.mark.system
 def test_vmalert_dry_run_accepts_the_shipped_rules_unchanged() -> None:
     proc = run(tool("vmalert"), "-dryRun", *(f"-rule={r}" for r in RULES))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.system
 def test_vmalert_dry_run_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.rules.yml"
     bad.write_text("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n"
@@ -91,6 +95,7 @@ def test_relabel_file_drops_only_the_replica_label() -> None:
     assert load(VM_RELABEL) == [{"action": "labeldrop", "regex": "replica"}]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("cfg", [c for d in AGENT_DIRS for c in sorted(d.glob("*.yml"))], ids=lambda p: p.name)
 def test_promtool_accepts_agent_configs(cfg: Path) -> None:
     proc = run(tool("promtool"), "check", "config", "--agent", str(cfg))
@@ -156,6 +161,7 @@ def test_compose_scale_mounts_existing_artefacts() -> None:
 
 @pytest.mark.parametrize("service,binary", [("victoria-metrics", "victoria-metrics"), ("vmagent-0", "vmagent"),
                                             ("vmalert", "vmalert")])
+@pytest.mark.system
 def test_compose_scale_flags_exist_in_the_binaries(service: str, binary: str) -> None:
     """Every flag the overlay passes is one the tested release (the Debian package) knows."""
     proc = run(tool(binary), "-help")

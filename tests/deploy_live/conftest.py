@@ -34,12 +34,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[FIGURES] = Figures()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "/deploy_live/" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     figures = config.stash[FIGURES]
     if figures.lines:

@@ -19,12 +19,6 @@ from sensor_sd.sim.stack import (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "/integration/" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-
-
 # --- one stack shared by the http_sd, shard, TLS and browser tests -------------------------
 
 SHARD_COUNTS = (2, 3)

@@ -142,6 +142,7 @@ def test_exposition_is_deterministic_per_name_and_grows_with_time() -> None:
         assert [k for k in v if k.startswith("sensor_info")][0].startswith('sensor_info{firmware="1.4.2",model="')
 
 
+@pytest.mark.system
 def test_exposition_passes_promtool(proxied: requests.Session) -> None:
     for name in ("sensor_0", "sensor_17", "sensor_99999"):
         body = proxied.get(f"http://{name}:9100/metrics", timeout=5).content
@@ -204,6 +205,7 @@ def test_slow_sensor(fl: Any, proxied: requests.Session) -> None:
     assert time.monotonic() - t0 < 0.5
 
 
+@pytest.mark.system
 def test_garbage_sensor_is_unparsable(fl: Any, proxied: requests.Session) -> None:
     put(fl, "/admin/garbage", {"sensors": ["sensor_7"]})
     r = proxied.get("http://sensor_7:9100/metrics", timeout=5)
@@ -253,6 +255,7 @@ def test_hostile_admin_input_is_a_clear_400(fl: Any, method: str, path: str, bod
     }
 
 
+@pytest.mark.system
 def test_own_metrics_count_scrapes_by_result(fl: Any, proxied: requests.Session) -> None:
     put(fl, "/admin/down", {"sensors": ["sensor_1"]})
     proxied.get("http://sensor_1:9100/metrics", timeout=5)

@@ -469,6 +469,7 @@ def test_refused_means_stopping_the_server(inv: Any) -> None:
 # -- own endpoints and process behaviour ----------------------------------
 
 
+@pytest.mark.system
 def test_metrics_count_requests_and_pass_promtool(inv: Any) -> None:
     requests.get(f"{inv.url}/inventory", timeout=5)
     put_fault(inv, mode="status", code=503, count=1)
