@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, settings
 
+from sensor_sd.sim.engines import Procs
 from sensor_sd.sim.stack import Ports, Stack, StackConfig
 
 settings.register_profile("default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,6 +87,16 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Processes started through `sensor_sd.sim.engines`, each stopped by pid at teardown."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ from sensor_sd.sim.inventory import sources_doc
 from sensor_sd.sim.stack import LOOPBACK, admin_call, free_port, http_get, sensor_sd_argv, wait_until
 
 PER_STORE = 4
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def write_atomic(path: Path, doc: Any) -> None:
