@@ -265,3 +265,15 @@ def machine_facts() -> dict[str, str]:
         "wrk": re.sub(r"\s*\[.*|Copyright.*", "", wrk).strip(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def measured_commit() -> str:
+    """HEAD's short hash, marked when the measured code (src/, bench/) differs from it: figures name their code."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench"], capture_output=True,
+                               text=True, cwd=REPO)
+    except OSError:  # no git on this machine
+        return "unknown (no git)"
+    name = head.stdout.strip() if head.returncode == 0 else "unknown (not a git checkout)"
+    return name + (" + uncommitted changes" if dirty.stdout.strip() else "")

@@ -30,7 +30,7 @@ import http_sd  # noqa: E402
 import idle  # noqa: E402
 import propagation  # noqa: E402
 import sync_cost  # noqa: E402
-from _common import OUT, REPO, SEED, Table, machine_facts, rel, size_label  # noqa: E402
+from _common import OUT, REPO, SEED, Table, machine_facts, measured_commit, rel, size_label  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.monotonic()
-    facts = machine_facts()
+    facts = {"commit measured": measured_commit(), **machine_facts()}
     print(f"sensor-sd benchmarks, {plan.name} plan", flush=True)
     res: dict[str, Any] = {}
     if "sync" in only:
