@@ -37,7 +37,18 @@ def test_quick_plan_writes_under_bench_out_only(tmp_path: Path) -> None:
 def test_full_plan_writes_docs(tmp_path: Path) -> None:
     stdout = _run_plan(tmp_path)
     assert "wrote docs/BENCHMARKS.md" in stdout
-    assert "(full plan)" in (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "(full plan)" in doc
+    assert "| commit measured | unknown (not a git checkout) |" in doc  # the temp tree is no checkout
+
+
+def test_committed_benchmarks_name_the_commit_they_measured() -> None:
+    """Figures belong to code: the tracked doc says which commit `make bench` measured."""
+    doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| commit measured | ")]
+    assert len(rows) == 1, "docs/BENCHMARKS.md names no measured commit: run `make bench`"
+    commit = rows[0].split("|")[2].strip()
+    assert commit[:7].isalnum() and "uncommitted" not in commit and "unknown" not in commit, rows[0]
 
 
 def test_bench_out_is_ignored_by_git() -> None:

@@ -74,6 +74,14 @@ def test_setting_both_is_a_configuration_error(tmp_path: Path) -> None:
         config.load({"sources": "http://x/1"}, {"SOURCES_FILE": str(path)})
 
 
+def test_an_empty_inventory_url_gives_way_to_the_sources_file(tmp_path: Path) -> None:
+    """A compose override or a ConfigMap can only empty a variable, not remove it: empty means unset here."""
+    path = write(tmp_path, [{"name": "a", "url": "http://127.0.0.1:1/inv"}])
+    assert [s.name for s in config.load({}, {"SOURCES_FILE": str(path), "INVENTORY_URL": ""}).sources] == ["a"]
+    with pytest.raises(ConfigError, match="INVENTORY_URL"):  # without a sources file, empty stays an error
+        config.load({}, {"INVENTORY_URL": ""})
+
+
 GOOD = {"name": "s", "url": "http://127.0.0.1:1/inv"}
 
 

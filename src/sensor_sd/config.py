@@ -398,6 +398,9 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
         name = f"{opt.env} ({opt.flag})" if raw is not None else opt.env
         if raw is None:
             raw = environ.get(opt.env, DEFAULTS[opt.env])
+        if opt.env == "INVENTORY_URL" and not raw and (flags.get("sources_file") or environ.get("SOURCES_FILE")):
+            values[opt.field] = ()  # set empty to give way to SOURCES_FILE (as a compose override can only do)
+            continue
         try:
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:

@@ -104,7 +104,7 @@ def webhook(loop_thread: Any) -> Webhook:
 @pytest.fixture
 def stack(tmp_path: Path, webhook: Webhook) -> Iterator[_DeliveryStack]:
     ports = Ports.ephemeral()
-    sources = sources_env(f"http://{LOOPBACK}:{ports.inventory}", ["north", "south"])
+    sources = sources_env(f"http://{LOOPBACK}:{ports.inventory}", ["north", "south"], tmp_path / "sources.json")
     cfg = StackConfig(tmp_path, ports, sensors=1, update_interval=INTERVAL,
                       scrape_interval=f"{INTERVAL:g}s", evaluation_interval=f"{INTERVAL:g}s",
                       extra_rule_files=(rules_with_for(tmp_path / "fast.rules.yml", FOR),), shipped_rules=False,

@@ -302,7 +302,7 @@ def sources_env(base_url: str, stores: Iterable[str], path: Path) -> dict[str, s
     benchmarks build their sources configuration.
     """
     path.write_bytes(orjson.dumps(sources_doc(base_url, stores), option=orjson.OPT_INDENT_2))
-    return {"SOURCES_FILE": str(path)}
+    return {"SOURCES_FILE": str(path), "INVENTORY_URL": ""}  # empty: gives way to the file over any default
 
 
 STATE = web.AppKey("inventory_state", InventoryState)
