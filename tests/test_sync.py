@@ -339,6 +339,14 @@ def test_backoff_stays_finite_and_capped_by_the_interval(interval: float, failur
     assert all(0 < d <= interval for d in delays)
 
 
+async def while_running(task: asyncio.Task[Any], deadline: float, what: str, done: Callable[[], bool]) -> None:
+    """Poll `done` until it holds, by the loop-time `deadline`; the discoverer's task ending first fails with its error."""
+    while not done():
+        assert not task.done(), task.exception()
+        assert asyncio.get_running_loop().time() < deadline, f"not within the deadline: {what}"
+        await asyncio.sleep(0.02)
+
+
 def test_a_long_outage_at_a_tiny_interval_does_not_end_the_loop(tmp_path: Path) -> None:
     """More than 1,025 failed polls in a row: the backoff arithmetic must not overflow."""
     from sensor_sd.sim.stack import free_port
@@ -352,10 +360,8 @@ def test_a_long_outage_at_a_tiny_interval_does_not_end_the_loop(tmp_path: Path) 
             d = Discoverer(s, client, metrics, logger)
             task = asyncio.create_task(d.run(stop))
             deadline = asyncio.get_running_loop().time() + 60
-            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="unreachable") < 1_100:
-                assert not task.done(), task.exception()
-                assert asyncio.get_running_loop().time() < deadline, "fewer than 1,100 polls in 60 s"
-                await asyncio.sleep(0.05)
+            await while_running(task, deadline, "1,100 polls in 60 s", lambda: sample(
+                metrics, "sensor_sd_inventory_errors_total", source="inv", reason="unreachable") >= 1_100)
             stop.set()
             await asyncio.wait_for(task, 5)
         assert len(records.messages("inventory poll failed")) == 1  # not one line per failed poll
@@ -385,10 +391,8 @@ def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypat
             d.load_file()
             task = asyncio.create_task(d.run(stop))
             deadline = asyncio.get_running_loop().time() + 20
-            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") < 5:
-                assert not task.done(), task.exception()
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            await while_running(task, deadline, "5 internal faults counted", lambda: sample(
+                metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") >= 5)
             assert (env.tmp / "targets.json").read_bytes() == before
             assert d.snapshot is not None and d.snapshot.count == 100
             [status] = d.status()
@@ -398,10 +402,7 @@ def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypat
             with_traceback = [rec for rec in records.records if rec.exc_info]
             assert len(with_traceback) == 1 and with_traceback[0].levelno == logging.ERROR
             monkeypatch.undo()  # the bug is fixed: the next poll applies the new list
-            while d.snapshot.count != 101:
-                assert not task.done(), task.exception()
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            await while_running(task, deadline, "the new list applied", lambda: d.snapshot.count == 101)
             stop.set()
             await asyncio.wait_for(task, 5)
         assert "sensor_new:9100" in env.file_targets()
@@ -485,18 +486,13 @@ def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkey
             assert r.result == "success"
             task = asyncio.create_task(d.run(stop))
             deadline = asyncio.get_running_loop().time() + 20
-            while sample(metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") < 5:
-                assert not task.done(), task.exception()
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            await while_running(task, deadline, "5 internal faults counted", lambda: sample(
+                metrics, "sensor_sd_inventory_errors_total", source="inv", reason="internal") >= 5)
             assert d.snapshot is not None and d.snapshot.count == 100
             assert (env.tmp / "targets.json").read_bytes() == before
             assert len([rec for rec in records.records if rec.exc_info]) == 1
             monkeypatch.undo()
-            while d.snapshot.count != 101:
-                assert not task.done(), task.exception()
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+            await while_running(task, deadline, "the new list applied", lambda: d.snapshot.count == 101)
             stop.set()
             await asyncio.wait_for(task, 5)
         assert len(env.file_targets()) == 101
