@@ -395,7 +395,7 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         raw = flags.get(opt.field)
-        name = f"{opt.env} ({opt.flag})" if raw is not None else opt.env
+        name = _named(opt, flags)
         if raw is None:
             raw = environ.get(opt.env, DEFAULTS[opt.env])
         if opt.env == "INVENTORY_URL" and not raw and (flags.get("sources_file") or environ.get("SOURCES_FILE")):
@@ -417,12 +417,16 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
     return Settings(**values)
 
 
+def _named(opt: _Option, flags: Mapping[str, str | None]) -> str:
+    """How an error names the setting: with its flag when the value came from one."""
+    return f"{opt.env} ({opt.flag})" if flags.get(opt.field) is not None else opt.env
+
+
 def _use_sources_file(values: dict[str, Any], flags: Mapping[str, str | None], environ: Mapping[str, str]) -> None:
     """Replace the sources by those of SOURCES_FILE; an INVENTORY_URL given as well is a conflict."""
     from sensor_sd import sources  # the file's own parser and checks
 
-    opt = next(o for o in OPTIONS if o.env == "SOURCES_FILE")
-    name = f"{opt.env} ({opt.flag})" if flags.get(opt.field) is not None else opt.env  # as `load` names it
+    name = _named(next(o for o in OPTIONS if o.env == "SOURCES_FILE"), flags)
     if flags.get("sources") is not None or environ.get("INVENTORY_URL"):
         raise ConfigError(name, str(values["sources_file"]),
                           "not together with INVENTORY_URL; list every inventory in the sources file instead")
