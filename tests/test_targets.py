@@ -7,7 +7,7 @@ import re
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sensor_sd.targets import (
@@ -123,6 +123,8 @@ json_values = st.recursive(
 
 
 @given(st.lists(json_values, max_size=60))
+@example([-(2**63) - 1])  # below orjson's int range, but above -2**64: the log preview once raised on it
+@example([2**64, -(2**64), 2**63 - 1, -(2**63)])
 def test_validate_never_raises_and_publishes_only_valid_targets(entries: list[object]) -> None:
     result = validate(entries, 9100)
     assert list(result.targets) == sorted(set(result.targets))

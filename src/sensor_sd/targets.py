@@ -338,7 +338,9 @@ def _scalar(value: object) -> str:
     if isinstance(value, str):
         return orjson.dumps(value[:40]).decode()
     if value is None or isinstance(value, (bool, int, float)):
-        return orjson.dumps(value).decode() if not isinstance(value, int) or abs(value) < 2**64 else "<int>"
+        # orjson encodes ints from -2**63 to 2**64 - 1 only; anything wider is named, not written out
+        fits = not isinstance(value, int) or -(2**63) <= value < 2**64
+        return orjson.dumps(value).decode() if fits else "<int>"
     return f"<{type(value).__name__}>"
 
 
