@@ -85,6 +85,8 @@ def test_run_stops_on_signal_within_2s_with_file_intact(inventory: Stack, tmp_pa
     try:
         wait_until(lambda: http_ok(url + "/-/ready"), 20, "sensor-sd ready")
         assert http_get(url + "/targets")[0] == 200
+        # Ready means /targets serves a good snapshot; the file follows it on the publisher's turn.
+        wait_until(lambda: (tmp_path / "t.json").exists(), 20, "targets file written")
         body = (tmp_path / "t.json").read_bytes()
         started = time.monotonic()
         proc.send_signal(sig)
