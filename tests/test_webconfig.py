@@ -21,7 +21,7 @@ from aiohttp import web
 
 from sensor_sd import webconfig
 from sensor_sd.sim._common import start_app
-from sensor_sd.sim.stack import wait_until
+from localstack.net import wait_until
 from sensor_sd.webconfig import BASIC_AUTH, BasicAuth, install, load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
