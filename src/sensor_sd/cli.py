@@ -6,8 +6,8 @@ guard would hold the change back. On a terminal, `once` and `check` end with
 one plain-language line saying what happened, what the targets file holds
 and what the exit code means (`--summary` forces it on or off).
 
-`once` and `check` import only what they use: the server, the web config
-(bcrypt, PyYAML), prometheus_client and the simulators are imported inside
+`once` and `check` import only what they use: the server, the web package
+(aiohttp's server, bcrypt, PyYAML), prometheus_client and the simulators are imported inside
 the commands that need them, since at 100 hosts importing them cost more
 than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
 measures it).
@@ -118,10 +118,11 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         discoverer.load_file()
         app = server.make_app(discoverer, metrics)
         ssl_context = None
-        if settings.web_config_file:
-            from sensor_sd.webconfig import install, load_web_config
+        if settings.web_config is not None:  # parsed once by config.load, TLS context included
+            from sensor_sd.web.auth import install
 
-            ssl_context = install(app, load_web_config(settings.web_config_file))
+            install(app, settings.web_config)
+            ssl_context = settings.web_config.ssl_context
         try:
             runner = await server.start(app, settings, ssl_context)
         except OSError as exc:

@@ -14,12 +14,16 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
 
+if TYPE_CHECKING:
+    from sensor_sd.web.config import WebConfig
+
+_T = TypeVar("_T")
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -251,9 +255,12 @@ def _listen(text: str) -> ListenAddress:
     return ListenAddress(host, number)
 
 
-def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
-    """A path to a non-empty regular file of at most `limit` bytes: a FIFO, device or directory is refused, never read."""
-    def parse(text: str) -> Path | None:
+def _readable_file(limit: int, convert: Callable[[Path, bytes], _T]) -> Callable[[str], _T | None]:
+    """A path to a non-empty regular file of at most `limit` bytes, read once and handed to `convert` with its bytes.
+
+    A FIFO, device or directory is refused, never read; empty text means unset (None).
+    """
+    def parse(text: str) -> _T | None:
         if not text:
             return None
         path = Path(text)
@@ -263,32 +270,32 @@ def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> C
             raise ValueError(f"a readable regular file of at most {limit} bytes ({exc})") from None
         if not data.strip():
             raise ValueError("a non-empty file")
-        if check:
-            check(path)
-        return path
+        return convert(path, data)
 
     return parse
 
 
-def _check_token(path: Path) -> None:
+def _token(path: Path, data: bytes) -> Path:
     try:
-        read_regular(path, TOKEN_FILE_LIMIT).decode()
-    except (UnreadableFile, UnicodeDecodeError):
+        data.decode()
+    except UnicodeDecodeError:
         raise ValueError("a UTF-8 text file holding the token") from None
+    return path
 
 
-def _check_ca(path: Path) -> None:
+def _ca(path: Path, data: bytes) -> Path:
     try:
         ssl.create_default_context(cafile=str(path))
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"a PEM CA bundle ({exc})") from None
+    return path
 
 
-def _check_web_config(path: Path) -> None:
-    # Imported lazily: YAML and bcrypt are only needed when the file is set.
-    from sensor_sd.webconfig import load_web_config
+def _web_config(path: Path, data: bytes) -> WebConfig:
+    """Parsed here, once, and carried by Settings (imported lazily: PyYAML is only needed when the file is set)."""
+    from sensor_sd.web import config as web_config
 
-    load_web_config(path)
+    return web_config.parse(path, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +334,11 @@ OPTIONS: tuple[_Option, ...] = (
             "seconds a published list stays the yardstick for drops; 0: the current list only"),
     _Option("DROP_HOLD", "drop_hold", _float(0, 604800), "300",
             "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
-    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _check_token), "",
+    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _token), "",
             "bearer token file"),
-    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _check_ca), "",
+    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _ca), "",
             "CA bundle for the inventory"),
-    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "",
+    _Option("WEB_CONFIG_FILE", "web_config", _readable_file(WEB_CONFIG_LIMIT, _web_config), "",
             "exporter-toolkit web config"),
     _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000), "512",
             "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
@@ -375,11 +382,15 @@ class Settings:
     drop_hold: float = _default("DROP_HOLD")
     inventory_token_file: Path | None = _default("INVENTORY_TOKEN_FILE")
     inventory_ca_file: Path | None = _default("INVENTORY_CA_FILE")
-    web_config_file: Path | None = _default("WEB_CONFIG_FILE")
+    web_config: WebConfig | None = _default("WEB_CONFIG_FILE")  # parsed once; its TLS context built once
     web_max_connections: int = _default("WEB_MAX_CONNECTIONS")
     log_format: str = _default("LOG_FORMAT")
     log_level: str = _default("LOG_LEVEL")
     sources_file: Path | None = _default("SOURCES_FILE")
+
+    @property
+    def web_config_file(self) -> Path | None:
+        return self.web_config.path if self.web_config is not None else None
 
 
 

@@ -1,4 +1,5 @@
-"""WEB_CONFIG_FILE: the exporter-toolkit format, hostile files, and basic auth on a live loopback server."""
+"""sensor_sd.web: the exporter-toolkit format (web.config), hostile files, TLS (web.tls) and basic auth on a live
+loopback server (web.auth)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import requests
 import trustme
 from aiohttp import web
 
-from sensor_sd import webconfig
+from sensor_sd import config
 from sensor_sd.sim._common import start_app
 from sensor_sd.sim.stack import wait_until
-from sensor_sd.webconfig import BASIC_AUTH, BasicAuth, install, load_web_config
+from sensor_sd.web.auth import BASIC_AUTH, BasicAuth, install
+from sensor_sd.web.config import load as load_web_config
+from sensor_sd.web.tls import tls_context
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 SLOW_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()  # ~60 ms a check, as in production
@@ -93,14 +96,31 @@ def test_inline_cert_and_key(tls_dir: Path) -> None:
     indent = lambda text: "\n".join("    " + line for line in text.splitlines())  # noqa: E731
     path = write(tls_dir, f"tls_server_config:\n  cert: |\n{indent(cert)}\n  key: |\n{indent(key)}\n")
     cfg = load_web_config(path)
-    assert webconfig.tls_context(cfg.tls) is not None  # type: ignore[arg-type]
+    assert cfg.tls is not None and tls_context(cfg.tls) is not None and cfg.ssl_context is not None
+
+
+def test_settings_carry_the_web_config_parsed_once_with_its_tls_context(tls_dir: Path) -> None:
+    """config.load parses the file and builds the TLS context; the server side reads no file again."""
+    path = write(tls_dir, f"tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+                          f"basic_auth_users:\n  prometheus: {HASH}\n")
+    settings = config.load({}, {"WEB_CONFIG_FILE": str(path)})
+    web_config = settings.web_config
+    assert web_config is not None and web_config.path == path and settings.web_config_file == path
+    assert web_config.users == (("prometheus", HASH),) and web_config.ssl_context is not None
+    for name in ("web.yml", "cert.pem", "key.pem"):  # what a second load or a second TLS context would read
+        (tls_dir / name).unlink()
+    app = web.Application()
+    install(app, web_config)
+    assert isinstance(app[BASIC_AUTH], BasicAuth)
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "tls_server_config:\nbasic_auth_users:\n"])
 def test_empty_config_means_plain_http_without_auth(tmp_path: Path, text: str) -> None:
     cfg = load_web_config(write(tmp_path, text))
-    assert cfg.tls is None and cfg.users == ()
-    assert install(web.Application(), cfg) is None
+    assert cfg.tls is None and cfg.users == () and cfg.ssl_context is None
+    app = web.Application()
+    install(app, cfg)
+    assert not app.middlewares and BASIC_AUTH not in app
 
 
 HOSTILE = [
@@ -239,7 +259,7 @@ def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
     app.router.add_get("/-/ready", ok)
     app.router.add_get("/targets", ok)
     app.router.add_post("/-/refresh", ok)
-    assert install(app, load_web_config(path)) is None
+    install(app, load_web_config(path))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
