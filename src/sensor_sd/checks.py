@@ -1,17 +1,77 @@
-"""One set of checks for decoded documents: the web config, the sources file, the simulators' admin bodies.
+"""One set of value checks, shared by the settings, the web config, the sources file and the simulators.
 
-Each check takes the value and `where` (the dotted key, as the operator wrote
-it) and returns the typed value or raises ValueError with one line naming
+Text (variables, flags, the simulators' flags): `decimal` and `whole` speak one
+number grammar, plain ASCII decimal; each raises ValueError saying what is
+allowed, and the caller names the variable.
+
+Decoded documents (YAML/JSON: web config, sources file, admin bodies): each
+check takes the value and `where` (the dotted key, as the operator wrote it)
+and returns the typed value or raises ValueError with one line naming
 `where`, so every document reports a wrong value the same way. `fields` runs a
 table of them over one mapping: unknown keys are refused, absent keys are
-checked as None (each check decides what "absent" means).
+checked as None (each check decides what "absent" means). `yaml_document`
+is the one strict YAML reading (duplicate keys refused, as Go's decoder does).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
+
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # control characters: never in a value that reaches a log or a label
+
+# --- text --------------------------------------------------------------------------------------
+
+_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INTEGER_RE = re.compile(r"[0-9]+")
+_NUMBER_CHARS = 64  # longer than any value in range: no 5,000-digit conversions
+
+
+def _number_text(text: str, pattern: re.Pattern[str]) -> str | None:
+    """`text` when it is plain ASCII decimal (no sign, exponent, `_`, spaces or other scripts' digits), else None.
+
+    Python's float() and int() accept far more (`1_000`, Arabic-Indic digits, `inf`, `1e-300`, surrounding
+    Unicode spaces); every variable and flag speaks one grammar instead, the one an operator writes.
+    """
+    return text if len(text) <= _NUMBER_CHARS and pattern.fullmatch(text) else None
+
+
+def decimal(minimum: float, maximum: float, *, open_min: bool = False) -> Callable[[str], float]:
+    """A parser of decimal text in [minimum, maximum] (above minimum with `open_min`)."""
+    low = "above" if open_min else "from"
+    allowed = f"a decimal number {low} {minimum:g} to {maximum:g}"
+
+    def parse(text: str) -> float:
+        plain = _number_text(text, _DECIMAL_RE)
+        if plain is None:
+            raise ValueError(allowed)
+        value = float(plain)
+        if value > maximum or value < minimum or (open_min and value == minimum):
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def whole(minimum: int, maximum: int) -> Callable[[str], int]:
+    """A parser of integer text in [minimum, maximum]."""
+    allowed = f"an integer from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        plain = _number_text(text, _INTEGER_RE)
+        if plain is None:
+            raise ValueError(allowed)
+        value = int(plain)
+        if not minimum <= value <= maximum:
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+# --- decoded documents -------------------------------------------------------------------------
 
 Check = Callable[[Any, str], Any]  # (value, where) -> typed value, or ValueError naming `where`
 
@@ -102,3 +162,38 @@ def number(value: Any, where: str, low: float, high: float) -> float | None:
     if not low <= value <= high or (isinstance(value, float) and not math.isfinite(value)):
         raise ValueError(f"{where} must be between {low:g} and {high:g}, got {value}")
     return float(value)
+
+
+def yaml_document(raw: bytes | str) -> Any:
+    """The YAML document in `raw`, read strictly: a key given twice or a key that is not a plain value is refused.
+
+    ValueError says where ("valid YAML at line L, column C (duplicate key 'url')"); ImportError when PyYAML
+    (an optional extra, imported here only) is absent, for the caller to word.
+    """
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that rejects duplicate keys (PyYAML keeps the last one silently; Go's decoder refuses)."""
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key is not a plain value",
+                                                        key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return loader.construct_mapping(node)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(raw, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"valid YAML{where} ({' '.join(str(problem).split())[:200]})") from None

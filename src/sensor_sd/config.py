@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from sensor_sd import checks
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = checks.CONTROL_RE
 SECONDS_RANGE = (0.001, 86400.0)  # UPDATE_INTERVAL, REQUEST_TIMEOUT: a millisecond to a day
 
 
@@ -72,53 +73,8 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-# --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed)
-
-
-_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-_INTEGER_RE = re.compile(r"[0-9]+")
-_NUMBER_CHARS = 64  # longer than any value in range: no 5,000-digit conversions
-
-
-def _number_text(text: str, pattern: re.Pattern[str]) -> str | None:
-    """`text` when it is plain ASCII decimal (no sign, exponent, `_`, spaces or other scripts' digits), else None.
-
-    Python's float() and int() accept far more (`1_000`, Arabic-Indic digits, `inf`, `1e-300`, surrounding
-    Unicode spaces); every variable and flag speaks one grammar instead, the one an operator writes.
-    """
-    return text if len(text) <= _NUMBER_CHARS and pattern.fullmatch(text) else None
-
-
-def _float(minimum: float, maximum: float, *, open_min: bool = False) -> Callable[[str], float]:
-    low = "above" if open_min else "from"
-    allowed = f"a decimal number {low} {minimum:g} to {maximum:g}"
-
-    def parse(text: str) -> float:
-        plain = _number_text(text, _DECIMAL_RE)
-        if plain is None:
-            raise ValueError(allowed)
-        value = float(plain)
-        if value > maximum or value < minimum or (open_min and value == minimum):
-            raise ValueError(allowed)
-        return value
-
-    return parse
-
-
-def _int(minimum: int, maximum: int) -> Callable[[str], int]:
-    allowed = f"an integer from {minimum} to {maximum}"
-
-    def parse(text: str) -> int:
-        plain = _number_text(text, _INTEGER_RE)
-        if plain is None:
-            raise ValueError(allowed)
-        value = int(plain)
-        if not minimum <= value <= maximum:
-            raise ValueError(allowed)
-        return value
-
-    return parse
-
+# --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed);
+# numbers speak the one grammar of sensor_sd.checks (plain ASCII decimal).
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
@@ -249,7 +205,7 @@ def _listen(text: str) -> ListenAddress:
     elif ":" in host or _CONTROL_RE.search(host) or " " in host:
         raise ValueError(allowed)
     try:
-        number = _int(1, 65535)(port)
+        number = checks.whole(1, 65535)(port)
     except ValueError:
         raise ValueError(allowed) from None
     return ListenAddress(host, number)
@@ -318,21 +274,21 @@ class _Option:
 OPTIONS: tuple[_Option, ...] = (
     _Option("INVENTORY_URL", "sources", _sources, "http://inventory_server:1337/inventory",
             "inventory URL, or name=url,name=url", shown=redact_raw_sources),
-    _Option("UPDATE_INTERVAL", "update_interval", _float(*SECONDS_RANGE), "30", "seconds between polls"),
+    _Option("UPDATE_INTERVAL", "update_interval", checks.decimal(*SECONDS_RANGE), "30", "seconds between polls"),
     _Option("TARGETS_FILE", "targets_file", _targets_file, "./data/targets.json",
             "file_sd output file; empty disables it"),
-    _Option("METRICS_PORT", "metrics_port", _int(1, 65535), "9100", "sensors' port, added to hostnames without one"),
+    _Option("METRICS_PORT", "metrics_port", checks.whole(1, 65535), "9100", "sensors' port, added to hostnames without one"),
     _Option("METRICS_PATH", "metrics_path", _metrics_path, "/metrics", "__metrics_path__ label"),
     _Option("TARGET_LABELS", "target_labels", _labels, "", "extra labels k=v,k=v"),
     _Option("LISTEN_ADDRESS", "listen_address", _listen, ":8080", "the SD's own HTTP server"),
-    _Option("REQUEST_TIMEOUT", "request_timeout", _float(*SECONDS_RANGE), "5", "seconds per inventory request"),
-    _Option("MAX_RESPONSE_BYTES", "max_response_bytes", _int(1, 2**40), "67108864", "largest inventory body accepted"),
-    _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1), "0.5", "share of targets a poll may remove at once"),
-    _Option("DROP_CONFIRMATIONS", "drop_confirmations", _int(1, 1000), "3",
+    _Option("REQUEST_TIMEOUT", "request_timeout", checks.decimal(*SECONDS_RANGE), "5", "seconds per inventory request"),
+    _Option("MAX_RESPONSE_BYTES", "max_response_bytes", checks.whole(1, 2**40), "67108864", "largest inventory body accepted"),
+    _Option("MAX_DROP_RATIO", "max_drop_ratio", checks.decimal(0, 1), "0.5", "share of targets a poll may remove at once"),
+    _Option("DROP_CONFIRMATIONS", "drop_confirmations", checks.whole(1, 1000), "3",
             "polls in a row that confirm a held drop"),
-    _Option("DROP_WINDOW", "drop_window", _float(0, 604800), "3600",
+    _Option("DROP_WINDOW", "drop_window", checks.decimal(0, 604800), "3600",
             "seconds a published list stays the yardstick for drops; 0: the current list only"),
-    _Option("DROP_HOLD", "drop_hold", _float(0, 604800), "300",
+    _Option("DROP_HOLD", "drop_hold", checks.decimal(0, 604800), "300",
             "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
     _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _token), "",
             "bearer token file"),
@@ -340,7 +296,7 @@ OPTIONS: tuple[_Option, ...] = (
             "CA bundle for the inventory"),
     _Option("WEB_CONFIG_FILE", "web_config", _readable_file(WEB_CONFIG_LIMIT, _web_config), "",
             "exporter-toolkit web config"),
-    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000), "512",
+    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", checks.whole(1, 1_000_000), "512",
             "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
     _Option("SOURCES_FILE", "sources_file", _sources_file, "",
             "YAML or JSON file of sources (not with INVENTORY_URL)"),

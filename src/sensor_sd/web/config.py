@@ -118,35 +118,9 @@ def parse(path: Path, raw: bytes) -> WebConfig:
 
 def _yaml(raw: bytes) -> Any:
     try:
-        import yaml
+        return checks.yaml_document(raw)
     except ImportError:
         raise ValueError("PyYAML installed to read a web config (pip install 'sensor-sd[web]')") from None
-
-    class StrictLoader(yaml.SafeLoader):
-        """SafeLoader that rejects duplicate keys, as Go's strict YAML decoding does."""
-
-    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, "a mapping key is not a plain value",
-                                                        key_node.start_mark) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return loader.construct_mapping(node)
-
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    try:
-        return yaml.load(raw, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"valid YAML{where} ({problem})") from None
 
 
 def _file(base: Path) -> Check:
