@@ -21,6 +21,18 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # control characters: never in a value that reaches a log or a label
+LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def label_name_problem(name: object) -> str | None:
+    """Why `name` cannot be an extra target label (TARGET_LABELS, a source's labels); None when it can."""
+    if not isinstance(name, str) or not LABEL_NAME_RE.fullmatch(name):
+        return "is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+    if name.startswith("__"):
+        return "is reserved (names starting with __ are Prometheus' own)"
+    if name == "source":
+        return "is set from the name"
+    return None
 
 # --- text --------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sensor_sd.web.config import WebConfig
 
 _T = TypeVar("_T")
-LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+LABEL_NAME_RE = checks.LABEL_NAME_RE
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _CONTROL_RE = checks.CONTROL_RE
 SECONDS_RANGE = (0.001, 86400.0)  # UPDATE_INTERVAL, REQUEST_TIMEOUT: a millisecond to a day
@@ -183,7 +183,7 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     for item in text.split(","):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not LABEL_NAME_RE.fullmatch(key) or key.startswith("__") or key == "source":
+        if not sep or checks.label_name_problem(key):
             raise ValueError(allowed)
         if key in labels:
             raise ValueError(f"distinct label names (duplicate {key!r})")

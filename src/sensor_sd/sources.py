@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor_sd import checks
-from sensor_sd.config import LABEL_NAME_RE, SOURCE_NAME_RE, Source, check_url
+from sensor_sd.config import SOURCE_NAME_RE, Source, check_url
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
@@ -192,14 +192,9 @@ def _labels(path: Path, where: str, labels: object) -> tuple[tuple[str, str], ..
         raise SourcesFileError(path, where, "labels: a mapping of label name to string value")
     out: dict[str, str] = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_NAME_RE.fullmatch(key):
-            raise SourcesFileError(path, where, f"labels: {_shown(key)} is not a Prometheus label name "
-                                                "([a-zA-Z_][a-zA-Z0-9_]*)")
-        if key.startswith("__"):
-            raise SourcesFileError(path, where, f"labels: {key!r} is reserved (names starting with __ are "
-                                                "Prometheus' own)")
-        if key == "source":
-            raise SourcesFileError(path, where, "labels: 'source' is set from the name")
+        problem = checks.label_name_problem(key)
+        if problem:
+            raise SourcesFileError(path, where, f"labels: {_shown(key)} {problem}")
         if not isinstance(value, str) or checks.CONTROL_RE.search(value):
             raise SourcesFileError(path, where, f"labels: {key}={_shown(value)} is not a string without control "
                                                 "characters (quote numbers: \"7\")")
