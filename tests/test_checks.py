@@ -18,7 +18,8 @@ from sensor_sd.sim._common import AdminError, count_arg, get_int, get_number, po
 from sensor_sd.web.config import load as load_web_config
 
 
-@pytest.mark.parametrize("text", ["1_000", "١٢", "１２", "1e3", " 12", "12\n", "+1", "0x10", "inf", "nan", "9" * 5000])
+@pytest.mark.parametrize("text", ["1_000", "١٢", "１２", "1e3", " 12", "12\n", "+1", "0x10", "inf", "nan",
+                                  "9" * 5000])
 def test_the_simulators_flags_speak_the_grammar_of_the_variables(text: str) -> None:
     """What a variable refuses (config's number grammar), a simulator's flag refuses too, with the same words."""
     with pytest.raises(ConfigError) as refused:
