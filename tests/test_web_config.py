@@ -104,6 +104,16 @@ def test_settings_carry_the_web_config_parsed_once_with_its_tls_context(tls_dir:
     assert isinstance(app[BASIC_AUTH], BasicAuth)
 
 
+def test_settings_repr_shows_no_hash_or_private_key(tls_dir: Path) -> None:
+    """Settings now carry the parsed file: a repr of them (a debugger, a log line) must not carry its secrets."""
+    key = (tls_dir / "key.pem").read_text()
+    indent = "\n".join("    " + line for line in key.splitlines())
+    path = write(tls_dir, f"tls_server_config:\n  cert_file: cert.pem\n  key: |\n{indent}\n"
+                          f"basic_auth_users:\n  prometheus: {HASH}\n")
+    shown = repr(config.load({}, {"WEB_CONFIG_FILE": str(path)}))
+    assert "web.yml" in shown and HASH not in shown and "PRIVATE KEY" not in shown
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "tls_server_config:\nbasic_auth_users:\n"])
 def test_empty_config_means_plain_http_without_auth(tmp_path: Path, text: str) -> None:
     cfg = load_web_config(write(tmp_path, text))

@@ -68,7 +68,7 @@ class WebConfig:
 
     path: Path
     tls: TLSServerConfig | None = None
-    users: tuple[tuple[str, str], ...] = ()  # (user, bcrypt hash)
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (user, bcrypt hash): kept out of reprs
     headers: tuple[tuple[str, str], ...] = ()
     unauthenticated_paths: frozenset[str] = frozenset()
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)

@@ -6,7 +6,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VERSIONS: Mapping[str, ssl.TLSVersion] = {
@@ -46,7 +46,7 @@ class TLSServerConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     cert: str | None = None  # inline PEM
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)  # inline private key: never in a repr of Settings
     client_ca_file: Path | None = None
     client_ca: str | None = None
     client_auth_type: str = "NoClientCert"
