@@ -5,14 +5,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SENSORS ?= 100
-# Extra flags for the local stack, e.g. RUN_ARGS="--churn --http-sd" (see: $(PY) -m sensor_sd.sim.stack --help)
+# Extra flags for the local stack, e.g. RUN_ARGS="--churn --http-sd" (see: $(PY) -m localstack --help)
 RUN_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-quick lint torture deps venv system-deps bench bench-quick bench-scale bench-container fuzz soak reliability-report screenshot clean
 
 run: deps
-	$(PY) -m sensor_sd.sim.stack --sensors $(SENSORS) $(RUN_ARGS)
+	$(PY) -m localstack --sensors $(SENSORS) $(RUN_ARGS)
 
 # Tiers are markers (tests/conftest.py marks whole directories): `make test` runs all but `slow`;
 # `make test-quick` is the unit tier, which the virtualenv alone runs (no Debian package is installed or used).

@@ -1,8 +1,8 @@
 """Shared helpers of the benchmarks: children, timing, tables, machine facts.
 
 Every child runs on loopback with an ephemeral port and is stopped by its own
-process id (its own session, via sensor_sd.sim.stack.spawn). Readiness is
-always polled (wait_until), never slept for.
+process id (its own session, via the checkout's localstack.procs, shared with
+the tests). Readiness is always polled (wait_until), never slept for.
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor_sd.sim.stack import LOOPBACK, Proc, free_port, http_ok, spawn, wait_until
-
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # localstack/ is the checkout's tooling, not installed
+
+# Process helpers live in localstack.procs; re-exported under the names the bench scripts use.
+from localstack.net import LOOPBACK, free_port, http_ok, wait_until  # noqa: E402
+from localstack.procs import proc_cpu_seconds, spawn, stop_all  # noqa: E402, F401
+from localstack.procs import proc_status_kib as proc_kib  # noqa: E402, F401
+from localstack.procs import sensor_sd_argv as sd_argv  # noqa: E402, F401
 OUT = BENCH / "out"
 PY = sys.executable
 SEED = BENCH / "seed_design.py"  # the seed design, re-implemented in the repo as a yardstick
@@ -108,10 +113,6 @@ def size_label(n: int) -> str:
 
 
 # --- children ----------------------------------------------------------------------------------------
-
-def sd_argv(*args: str) -> list[str]:
-    return [PY, "-m", "sensor_sd", *args]
-
 
 def sd_env(**env: str) -> dict[str, str]:
     """Environment for a sensor-sd child: only what the bench sets (no inherited INVENTORY_URL etc.)."""
@@ -202,25 +203,6 @@ def run_measured(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Pa
         if text and text[0].startswith("Command exited with non-zero status"):
             proc.returncode = int(text[0].rsplit(" ", 1)[1])
     return wall, maxrss, proc.returncode, err
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == key:
-            return int(value.split()[0])
-    return 0
-
-
-def stop_all(procs: Sequence[Proc | None]) -> None:
-    for p in reversed([p for p in procs if p is not None]):
-        p.stop()
 
 
 # --- machine facts -----------------------------------------------------------------------------------

@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deploy_live"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # localstack/ is the checkout's tooling, not installed
 
 from docker_engine import (  # noqa: E402
     COMPOSE_FILES, PROJECT_PREFIX, REPO, STAND_IN_LABEL, Compose, Engine, build, ensure_stand_ins, image_size_bytes,
     poll, start_engine, write_override,
 )
 
-from sensor_sd.sim.stack import http_get  # noqa: E402
+from localstack.net import http_get  # noqa: E402
 
 DOC = REPO / "docs" / "deployment.md"
 BEGIN, END = "<!-- container-figures:begin -->", "<!-- container-figures:end -->"

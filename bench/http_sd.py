@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from _common import OUT, Inventory, Table, fmt, sd_argv, sd_env, size_label
-from sensor_sd.sim.stack import LOOPBACK, free_port, http_get, http_ok, spawn, wait_until
+from localstack.net import LOOPBACK, free_port, http_get, http_ok, wait_until
+from localstack.procs import spawn
 
 PEER_VENV = OUT / "peer-venv"
 PEER_PACKAGE = "prometheus-http-sd"

@@ -1,7 +1,7 @@
 """GET /targets latency and throughput at 100k targets, measured with wrk.
 
 Starts the inventory simulator with `--sensors N` and a real `sensor-sd run`
-on loopback (through sensor_sd.sim.stack, ephemeral ports), waits until the
+on loopback (through localstack.stack, ephemeral ports), waits until the
 snapshot holds all N targets, then runs `wrk -t2 -c16 -d10s --latency` against:
 the full body, one hashmod shard (after it is cached), a conditional GET that
 is answered 304, and /-/healthy as the floor. Prints one table.
@@ -22,7 +22,11 @@ from pathlib import Path
 
 import requests
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, wait_until
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # localstack/ is the checkout's tooling, not installed
+
+from localstack.config import Ports, StackConfig  # noqa: E402
+from localstack.net import wait_until  # noqa: E402
+from localstack.stack import Stack  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import Inventory, Table, proc_cpu_seconds, proc_kib, sd_argv, sd_env
-from sensor_sd.sim.stack import LOOPBACK, free_port, http_get, http_ok, spawn, wait_until
+from localstack.net import LOOPBACK, free_port, http_get, http_ok, wait_until
+from localstack.procs import spawn
 
 
 def _counter(text: str, name: str, **labels: str) -> float:

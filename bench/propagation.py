@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import Inventory, Table, percentile, sd_argv, sd_env, stop_all
-from sensor_sd.sim.stack import LOOPBACK, Proc, free_port, http_get, http_ok, spawn, wait_until
+from localstack.net import LOOPBACK, free_port, http_get, http_ok, wait_until
+from localstack.procs import Proc, spawn
 
 MODES = {
     "file30": "(a) file_sd, UPDATE_INTERVAL=30",

@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     OUT, REPO, Table, machine_facts, proc_cpu_seconds, proc_kib, rel, run_measured, sd_argv, sd_env, size_label,
 )
-from sensor_sd.sim.engines import (  # noqa: E402
-    VMAGENT_CONFIG, Procs, all_targets, for_loopback, load_yaml, metric_samples, scrape_metrics, start_fleet,
-    start_inventory, start_prometheus, start_sd, start_victoria_metrics, start_vmagent, url, vm_query,
+from localstack.config import load_yaml  # noqa: E402
+from localstack.engines import (  # noqa: E402
+    VMAGENT_CONFIG, all_targets, for_loopback, metric_samples, scrape_metrics, start_fleet, start_inventory,
+    start_prometheus, start_sd, start_victoria_metrics, start_vmagent, url, vm_query,
 )
+from localstack.procs import Procs  # noqa: E402
 from sensor_sd.sim.inventory import sources_env, store_names  # noqa: E402
-from sensor_sd.sim.stack import StackError, wait_until  # noqa: E402
+from localstack.net import StackError, wait_until  # noqa: E402
 
 DOC = REPO / "docs" / "scaling.md"
 BEGIN, END = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"

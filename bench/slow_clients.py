@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     OUT, Inventory, Table, machine_facts, percentile, proc_cpu_seconds, proc_kib, sd_argv, sd_env,
 )
-from sensor_sd.sim.stack import LOOPBACK, free_port, http_get, http_ok, spawn, wait_until  # noqa: E402
+from localstack.net import LOOPBACK, free_port, http_get, http_ok, wait_until  # noqa: E402
+from localstack.procs import spawn  # noqa: E402
 
 PROBE_EVERY = 0.1
 GOAL_RSS_MIB = 250

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sensor_sd.sim.engines import Procs
-from sensor_sd.sim.stack import Ports, Stack, StackConfig
+from localstack.procs import Procs
+from localstack.config import Ports, StackConfig
+from localstack.stack import Stack
 
 settings.register_profile("default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -28,6 +29,14 @@ TESTS = Path(__file__).resolve().parent
 DIRECTORY_MARKERS = {"integration": "integration", "chaos": "integration", "scale": "integration",
                      "deploy_live": "integration"}
 DEFAULT_MARKEXPR = "not slow"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_on_child_path() -> Iterator[None]:
+    """Children import the checkout's tooling as the tests do (`python -m localstack`, bench scripts run from a copy)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS.parent), os.environ.get("PYTHONPATH")])))
+        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,7 +100,7 @@ class LoopThread:
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
-    """Processes started through `sensor_sd.sim.engines`, each stopped by pid at teardown."""
+    """Processes started through `localstack.procs.Procs` (the engines use it), each stopped by pid at teardown."""
     p = Procs(tmp_path)
     try:
         yield p

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import admin_call, Stack, free_port, http_get, http_ok, http_request, wait_until
+from localstack.net import admin_call, free_port, http_get, http_ok, http_request, wait_until
+from localstack.stack import Stack
 
 
 def sd(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from sensor_sd.sim._common import start_app
-from sensor_sd.sim.stack import free_port, http_get, http_request, wait_until
+from localstack.net import free_port, http_get, http_request, wait_until
 from tests.conftest import LoopThread
 
 # `["sensor_1", [[[...]]]]`: ~1,000 levels, below the JSON parser's own depth limit (1,024).

@@ -23,7 +23,9 @@ import requests
 
 from sensor_sd.config import Source, load, redact_url
 from sensor_sd.errors import ConfigError
-from sensor_sd.sim.stack import Stack, http_get, sensor_sd_argv, wait_until
+from localstack.net import http_get, wait_until
+from localstack.procs import sensor_sd_argv
+from localstack.stack import Stack
 
 TOKEN = "tok-3f9a-SECRET-BEARER"
 URL_USER, URL_PASSWORD = "invuser", "url-pa55-SECRET"

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from sensor_sd.sim.engines import Procs, metric_samples, scrape_metrics, sd_targets, start_inventory, url
+from localstack.engines import metric_samples, scrape_metrics, sd_targets, start_inventory, url
+from localstack.procs import Procs
 from sensor_sd.sim.inventory import sources_doc
-from sensor_sd.sim.stack import LOOPBACK, admin_call, free_port, http_get, sensor_sd_argv, wait_until
+from localstack.net import LOOPBACK, admin_call, free_port, http_get, wait_until
+from localstack.procs import sensor_sd_argv
 
 PER_STORE = 4
 

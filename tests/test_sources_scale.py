@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry
 from sensor_sd import config
 from sensor_sd.inventory import Client
 from sensor_sd.metrics import Metrics
-from sensor_sd.sim.engines import Procs, start_inventory, url
-from sensor_sd.sim.stack import LOOPBACK, free_port, sensor_sd_argv, wait_until
+from localstack.engines import start_inventory, url
+from localstack.procs import Procs
+from localstack.net import LOOPBACK, free_port, wait_until
+from localstack.procs import sensor_sd_argv
 from sensor_sd.sync import Discoverer
 
 SOURCES = 20

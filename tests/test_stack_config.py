@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensor_sd.sim.stack import (DEPLOY, LOOPBACK, Ports, Stack, StackConfig, alertmanager_config, prometheus_config,
-                                 rules_with_for)
+from localstack.config import DEPLOY, Ports, StackConfig, alertmanager_config, prometheus_config, rules_with_for
+from localstack.net import LOOPBACK
+from localstack.stack import Stack
 
 PORTS = Ports(inventory=41337, fleet=49101, sd=48080, prometheus=49090, alertmanager=49093)
 
@@ -127,7 +128,7 @@ def test_rules_with_short_for_differ_from_the_shipped_ones_only_in_for(tmp_path:
 def test_the_demo_holds_an_emptied_inventory_visibly_and_the_docs_say_how_long() -> None:
     """`make run` polls every 2 s: the hold must outlast DROP_CONFIRMATIONS polls by far, and the docs name it."""
     from sensor_sd import config
-    from sensor_sd.sim.stack import DEMO_DROP_HOLD
+    from localstack.config import DEMO_DROP_HOLD
 
     settings = config.load({}, {"DROP_HOLD": DEMO_DROP_HOLD})
     polls_alone = settings.drop_confirmations * StackConfig(Path(".")).update_interval  # ~6 s

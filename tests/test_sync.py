@@ -349,7 +349,7 @@ async def while_running(task: asyncio.Task[Any], deadline: float, what: str, don
 
 def test_a_long_outage_at_a_tiny_interval_does_not_end_the_loop(tmp_path: Path) -> None:
     """More than 1,025 failed polls in a row: the backoff arithmetic must not overflow."""
-    from sensor_sd.sim.stack import free_port
+    from localstack.net import free_port
 
     async def t(env: Env) -> None:
         s = env.settings(INVENTORY_URL=f"inv=http://127.0.0.1:{free_port()}/inventory", UPDATE_INTERVAL="0.001")

@@ -16,7 +16,7 @@ import requests
 from aiohttp import web
 
 from sensor_sd.sim._common import start_app
-from sensor_sd.sim.stack import wait_until
+from localstack.net import wait_until
 from sensor_sd.web.auth import BASIC_AUTH, BasicAuth, install
 from sensor_sd.web.config import load as load_web_config
 

@@ -37,9 +37,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import http_request, Ports, Stack, StackConfig, StackError, http_get, wait_until
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # localstack/ is the checkout's tooling, not installed
+
+from localstack.config import Ports, StackConfig  # noqa: E402
+from localstack.net import StackError, http_get, http_request, wait_until  # noqa: E402
+from localstack.stack import Stack  # noqa: E402
 DOC = REPO / "docs" / "RELIABILITY.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 STABLE = [f"stable_{i}" for i in range(200)]

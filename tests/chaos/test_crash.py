@@ -31,7 +31,10 @@ from typing import Any
 
 import pytest
 
-from sensor_sd.sim.stack import admin_call, Ports, Stack, StackConfig, http_ok, sensor_sd_argv, spawn, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import admin_call, http_ok, wait_until
+from localstack.procs import sensor_sd_argv, spawn
+from localstack.stack import Stack
 
 LIST_A = [f"sensor_{i}" for i in range(100)]
 LIST_B = [f"sensor_{i}" for i in range(10, 110)]  # 10 % different: the drop guard lets it through

@@ -30,8 +30,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import admin_call, LOOPBACK, Ports, Proc, Stack, StackConfig, free_port, http_get, http_ok, \
-    sensor_sd_argv, spawn, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import LOOPBACK, admin_call, free_port, http_get, http_ok, wait_until
+from localstack.procs import Proc, sensor_sd_argv, spawn
+from localstack.stack import Stack
 
 NOBODY = 65534
 LIST_A = [f"sensor_{i}" for i in range(100)]

@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor_sd.sim.stack import http_request, Ports, Stack, StackConfig, http_get, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import http_get, http_request, wait_until
+from localstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

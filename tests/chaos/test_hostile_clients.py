@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 
 from sensor_sd.server import RELEASE_EVERY_SECONDS
-from sensor_sd.sim.stack import LOOPBACK, Ports, Stack, StackConfig, http_get, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import LOOPBACK, http_get, wait_until
+from localstack.stack import Stack
 
 SLOWLORIS = 500
 CONCURRENT = 1000

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor_sd.sim.stack import _die_with_parent
+from localstack.procs import _die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = (REPO / "compose.yaml", REPO / "compose.demo.yaml")

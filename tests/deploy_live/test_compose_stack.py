@@ -31,7 +31,8 @@ import yaml
 from docker_engine import (COMPOSE_FILES, PROJECT_PREFIX, REPO, Compose, Engine, EngineError, Figures, Images, poll,
                            write_override)
 
-from sensor_sd.sim.stack import admin_call, http_get, rules_with_for
+from localstack.config import rules_with_for
+from localstack.net import admin_call, http_get
 
 FOR = "10s"  # every alert's `for:` in the test copy of the rules (shipped: minutes)
 SENSORS = 100

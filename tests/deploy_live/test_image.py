@@ -6,7 +6,7 @@ import time
 
 from docker_engine import Engine, Images, poll
 
-from sensor_sd.sim.stack import http_get
+from localstack.net import http_get
 
 
 def test_read_only_image_alone_serves_healthy_and_stops_on_sigterm(engine: Engine, images: Images) -> None:

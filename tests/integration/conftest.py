@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from sensor_sd.sim.stack import (
-    LOOPBACK, Ports, Proc, Stack, StackConfig, StackError, free_port, sensor_sd_argv, spawn, wait_until,
-)
+from localstack.config import Ports, StackConfig
+from localstack.net import LOOPBACK, StackError, free_port, wait_until
+from localstack.procs import Proc, sensor_sd_argv, spawn
+from localstack.stack import Stack
 
 
 # --- one stack shared by the http_sd, shard, TLS and browser tests -------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sensor_sd.sim.stack import LOOPBACK, Stack, free_port, http_get, wait_until
+from localstack.net import LOOPBACK, free_port, http_get, wait_until
+from localstack.stack import Stack
 
 
 def test_agent_remote_writes_every_discovered_sensor(make_stack: Callable[..., Stack]) -> None:

@@ -32,7 +32,9 @@ from aiohttp import web
 
 from sensor_sd.sim._common import start_app
 from sensor_sd.sim.inventory import sources_env, store_sensor_prefix
-from sensor_sd.sim.stack import (DEPLOY, LOOPBACK, Ports, Stack, StackConfig, admin_call, rules_with_for, wait_until)
+from localstack.config import DEPLOY, Ports, StackConfig, rules_with_for
+from localstack.net import LOOPBACK, admin_call, wait_until
+from localstack.stack import Stack
 
 # Long enough that the ~5 s startup flash of absent(up{job="sensor-sd"}) (Prometheus' discovery throttle)
 # never becomes a SensorSDDown notification, short enough for a test.

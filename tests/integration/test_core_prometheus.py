@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sensor_sd.sim.stack import admin_call, Stack, http_get, wait_until
+from localstack.net import admin_call, http_get, wait_until
+from localstack.stack import Stack
 
 SENSORS = {f"sensor_{i}:9100" for i in range(100)}
 
@@ -34,7 +35,7 @@ def file_bytes(stack: Stack) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from sensor_sd.sim.stack import Ports, StackConfig
+    from localstack.config import Ports, StackConfig
 
     s = Stack(StackConfig(tmp_path_factory.mktemp("core"), Ports.ephemeral(), update_interval=0.2,
                           scrape_interval="1s", evaluation_interval="1s",

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, _seconds, http_get, wait_until
+from localstack.config import Ports, StackConfig, _seconds
+from localstack.net import http_get, wait_until
+from localstack.stack import Stack
 
 SCRAPES = 6
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from sensor_sd.sim.stack import wait_until
+from localstack.net import wait_until
 
 
 def _targets(url: str) -> set[str]:

@@ -1,6 +1,6 @@
 """A second `make run` while one runs touches nothing and says why in one line.
 
-The first runner is a real `python -m sensor_sd.sim.stack` with 100 sensors.
+The first runner is a real `python -m localstack` with 100 sensors.
 Second runners on the same ports and/or the same data directory must exit
 non-zero with one line (naming the holder's pid when the data directory is
 locked), never claim to have stopped a stack they did not start, and leave
@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import wait_until
+from localstack.stack import Stack
 
 SENSORS = 100
 
 
 def runner_argv(data: Path, ports: Ports, *extra: str) -> list[str]:
-    argv = [sys.executable, "-m", "sensor_sd.sim.stack", "--sensors", str(SENSORS), "--data-dir", str(data), *extra]
+    argv = [sys.executable, "-m", "localstack", "--sensors", str(SENSORS), "--data-dir", str(data), *extra]
     return argv + [arg for part, port in ports.items() for arg in (f"--{part}-port", str(port))]
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sensor_sd.sim.stack import (admin_call, PARTS, Ports, Stack, StackConfig, StackError, http_get, port_in_use, rules_with_for,
-                                 wait_until)
+from localstack.config import PARTS, Ports, StackConfig, rules_with_for
+from localstack.net import StackError, admin_call, http_get, port_in_use, wait_until
+from localstack.stack import Stack
 
 FOR = "3s"  # every alert's `for:` in the test copy: long enough to ride out a single 1 s scrape hiccup
 INTERVAL = 1.0  # sensor-sd UPDATE_INTERVAL, Prometheus scrape and evaluation interval
@@ -223,7 +224,7 @@ def test_port_taken_after_the_check_names_the_part_and_shows_its_log(make_stack:
 
 
 def _runner(tmp_path: Path, ports: Ports, *extra: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "sensor_sd.sim.stack", "--sensors", "10", "--data-dir", str(tmp_path / "data"),
+    argv = [sys.executable, "-m", "localstack", "--sensors", "10", "--data-dir", str(tmp_path / "data"),
             "--scrape-interval", "1s", "--update-interval", "1", *extra]
     argv += [arg for part, port in ports.items() for arg in (f"--{part}-port", str(port))]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

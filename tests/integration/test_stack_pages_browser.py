@@ -1,7 +1,7 @@
 """Every URL `make run` prints, and every local-stack URL the docs name, opens a useful page in Chromium.
 
 The URLs are not listed here: they are read from the banner a real
-`python -m sensor_sd.sim.stack` prints (every URL in it except the `curl -X`
+`python -m localstack` prints (every URL in it except the `curl -X`
 command, which is an action, not a page), from the links of the console page
 that banner leads to, and from README.md and docs/local-stack.md (every
 `http://127.0.0.1:PORT...` there, with `$VAR` references expanded; `curl -X`
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.sim.stack import Ports, Stack, StackConfig, admin_call, wait_until
+from localstack.config import Ports, StackConfig
+from localstack.net import admin_call, wait_until
+from localstack.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", REPO / "docs" / "local-stack.md"]
@@ -75,7 +77,7 @@ def _browser_args() -> list[str]:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     """A real `make run` runner on ephemeral ports: (its stack's URLs, the banner it printed)."""
     data, ports = tmp_path_factory.mktemp("run") / "data", Ports.ephemeral()
-    argv = [sys.executable, "-m", "sensor_sd.sim.stack", "--sensors", str(SENSORS), "--data-dir", str(data),
+    argv = [sys.executable, "-m", "localstack", "--sensors", str(SENSORS), "--data-dir", str(data),
             "--alert-for", FOR]
     argv += [arg for part, port in ports.items() for arg in (f"--{part}-port", str(port))]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

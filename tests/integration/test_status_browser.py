@@ -10,7 +10,8 @@ from pathlib import Path
 
 import requests
 
-from sensor_sd.sim.stack import Stack, admin_call, http_get, wait_until
+from localstack.net import admin_call, http_get, wait_until
+from localstack.stack import Stack
 
 # `make screenshot` sets this to docs/ to refresh the README's picture; tests alone leave docs/ untouched.
 SCREENSHOT_DIR = os.environ.get("SENSOR_SD_SCREENSHOT_DIR")

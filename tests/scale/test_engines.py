@@ -26,14 +26,16 @@ from typing import Any
 
 import pytest
 
-from sensor_sd.sim.engines import (
-    AGENT_HA, AGENT_SHARDED, VM_RELABEL, Procs, all_targets, cluster_flags, for_loopback, load_yaml, longest_gaps,
-    metric_samples, scrape_metrics,
-    scraper_targets, start_alertmanager, start_fleet, start_inventory, start_prometheus,
-    start_sd, start_victoria_metrics, start_vmagent, start_vmalert, url, vm_export, vm_query, vmagent_config,
+from localstack.config import load_yaml
+from localstack.engines import (
+    AGENT_HA, AGENT_SHARDED, VM_RELABEL, all_targets, cluster_flags, for_loopback, longest_gaps, metric_samples,
+    scrape_metrics, scraper_targets, start_alertmanager, start_fleet, start_inventory, start_prometheus, start_sd,
+    start_victoria_metrics, start_vmagent, start_vmalert, url, vm_export, vm_query, vmagent_config,
 )
+from localstack.procs import Procs
 from sensor_sd.sim.inventory import store_names
-from sensor_sd.sim.stack import admin_call, http_get, rules_with_for, wait_until
+from localstack.config import rules_with_for
+from localstack.net import admin_call, http_get, wait_until
 
 STORES, PER_STORE = 4, 25
 SENSORS = STORES * PER_STORE

@@ -10,9 +10,10 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from sensor_sd.sim.engines import Procs, all_targets, start_inventory, start_sd, url
+from localstack.engines import all_targets, start_inventory, start_sd, url
+from localstack.procs import Procs
 from sensor_sd.sim.inventory import store_names
-from sensor_sd.sim.stack import admin_call, wait_until
+from localstack.net import admin_call, wait_until
 
 STORES, PER_STORE = 6, 20
 # Addresses of every form, so the rendering of each is compared, not only bare names.

@@ -7,8 +7,8 @@ loopback with nothing behind it, and its renderer is fed hostile label text.
 
 from __future__ import annotations
 
-from sensor_sd.sim.console import HEADERS, Answer, Console, Link, render
-from sensor_sd.sim.stack import LOOPBACK, free_port, http_get
+from localstack.console import HEADERS, Answer, Console, Link, render
+from localstack.net import LOOPBACK, free_port, http_get
 
 HOSTILE = '<script>alert("x")</script>'
 

@@ -4,26 +4,23 @@ Used by the scale tests and `bench/scale.py`. vmagent, Prometheus agents,
 victoria-metrics and vmalert are the Debian binaries; their configurations
 are the shipped ones under `deploy/` with hostnames rewritten to loopback
 ports and the sensors reached through the fleet simulator's proxy, so what
-is tested is what is deployed. A development tool, like `stack`: it reads
+is tested is what is deployed. Checkout tooling, like the stack: it reads
 `deploy/` from the checkout and needs PyYAML (the `test` extra).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from localstack.config import DEPLOY, alertmanager_config, load_yaml, write_yaml
+from localstack.net import LOOPBACK, StackError, free_port, http_get
+from localstack.procs import Procs, binary, sensor_sd_argv
 from sensor_sd.sim.inventory import sources_env
-from sensor_sd.sim.stack import (
-    DEPLOY, LOOPBACK, Proc, StackError, binary, free_port, http_get, http_ok, sensor_sd_argv, spawn, wait_until,
-)
 
 VMAGENT_CONFIG = DEPLOY / "vmagent" / "scrape.yml"
 VM_RELABEL = DEPLOY / "victoria-metrics" / "relabel.yml"
@@ -35,44 +32,6 @@ SENSOR_JOB = "sensors-http"
 
 def url(port: int, path: str = "") -> str:
     return f"http://{LOOPBACK}:{port}{path}"
-
-
-def write_yaml(path: Path, doc: Any) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@dataclass
-class Procs:
-    """Processes started for one test or benchmark, stopped newest first by `stop_all`."""
-
-    workdir: Path
-    started: list[Proc] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], ready: str | None = None, env: Mapping[str, str] | None = None,
-              timeout: float = 60.0) -> Proc:
-        proc = spawn(name, argv, self.workdir / "logs", env, cwd=self.workdir)
-        self.started.append(proc)
-        if ready is not None:
-            def up() -> bool:
-                if not proc.alive():
-                    raise StackError(f"{name} exited:\n{proc.tail()}")
-                return http_ok(ready)
-
-            wait_until(up, timeout, f"{name} at {ready}", interval=0.1)
-        return proc
-
-    def kill(self, proc: Proc) -> None:
-        """SIGKILL to the process group, as a crashed node: no flush, no goodbye."""
-        os.killpg(proc.popen.pid, signal.SIGKILL)
-        proc.popen.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-        self.started.clear()
 
 
 # --- the parts --------------------------------------------------------------------
@@ -145,8 +104,6 @@ def start_prometheus(p: Procs, config: Mapping[str, Any], *, name: str = "promet
 
 def start_alertmanager(p: Procs, name: str = "alertmanager") -> int:
     """Alertmanager with the shipped routing (receivers without delivery, as in the local stack)."""
-    from sensor_sd.sim.stack import alertmanager_config
-
     port = free_port()
     path = write_yaml(p.workdir / f"{name}.yml", alertmanager_config())
     p.start(name, [binary("prometheus-alertmanager"), f"--config.file={path}", f"--storage.path={p.workdir / name}",
@@ -205,12 +162,6 @@ def for_loopback(doc: dict[str, Any], *, sd_port: int, inventory_port: int, flee
         rw["url"] = url(vm_port, "/api/v1/write")
         rw.setdefault("queue_config", {})["batch_send_deadline"] = "1s"
     return doc
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return dict(yaml.safe_load(path.read_text()))
 
 
 def vmagent_config(**ports: Any) -> dict[str, Any]:
