@@ -152,7 +152,7 @@ def serve_sd(loop_thread: LoopThread) -> Callable[..., ServedSD]:
             discoverer = Discoverer(settings, client, metrics, logging.getLogger("sensor_sd.test"))
             if poll:
                 await discoverer.poll_all()
-            runner = await server.start(server.make_app(discoverer, metrics), settings)
+            runner = await server.start(server.make_app(discoverer.store, settings, discoverer, metrics), settings)
             loop_thread.defer(runner.cleanup)
             return ServedSD(loop_thread, discoverer, inventory_app, inv_url, runner.addresses[0][1])
 

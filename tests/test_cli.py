@@ -482,3 +482,41 @@ def test_a_file_removed_or_overwritten_under_the_daemon_is_restored(inventory: S
     found = [json.loads(ln).get("found") for ln in err.splitlines()
              if "rewritten from the snapshot" in ln]
     assert found == ["missing", "changed"]
+
+
+def metric(url: str, series: str) -> float:
+    """One series of the daemon's /metrics, by its exact name and labels as exposed (0 when absent)."""
+    status, body = http_get(url + "/metrics")
+    assert status == 200
+    return next((float(ln.rsplit(" ", 1)[1]) for ln in body.decode().splitlines() if ln.startswith(series + " ")), 0.0)
+
+
+def test_a_failed_write_is_retried_while_the_inventory_is_down(inventory: Stack, tmp_path: Path) -> None:
+    """A new list the disk refused (RLIMIT_FSIZE), then an inventory outage: once the disk takes writes again
+    the file catches up with the snapshot without waiting for a good poll (the previous file stays meanwhile)."""
+    import resource
+
+    small = [f"sensor_{i}" for i in range(3)]
+    big = small + [f"sensor_with_a_rather_long_name_{i}" for i in range(3000)]  # ~120 KB of JSON
+    put_sensors(inventory, small)
+    env = env_for(inventory, tmp_path, UPDATE_INTERVAL="0.3")
+    url = f"http://{env['LISTEN_ADDRESS']}"
+    path = tmp_path / "t.json"
+    proc = start_run(env)
+    try:
+        wait_until(lambda: http_ok(url + "/-/ready") and path.exists(), 20, "sensor-sd ready with its file")
+        old = path.read_bytes()
+        _, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (64 * 1024, hard))  # soft limit only
+        put_sensors(inventory, big)
+        wait_until(lambda: metric(url, 'sensor_sd_publish_errors_total{output="file"}') >= 1, 20, "a failed write")
+        admin_call(inventory.url("inventory", "/admin/fault"), "PUT", {"mode": "status", "code": 503})
+        wait_until(lambda: metric(url, 'sensor_sd_inventory_up{source="inv"}') == 0, 20, "the inventory down")
+        assert path.read_bytes() == old
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # the disk takes writes again
+        wait_until(lambda: len(targets(path)) == len(big), 10, "the refused list written during the outage")
+        assert metric(url, 'sensor_sd_inventory_up{source="inv"}') == 0  # no good poll did it
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

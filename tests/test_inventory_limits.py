@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from sensor_sd import config
 from sensor_sd.inventory import Client
 from sensor_sd.metrics import Metrics
-from sensor_sd.sync import Discoverer, PollResult
+from sensor_sd.poller import PollResult
+from sensor_sd.sync import Discoverer
 
 LOG = logging.getLogger("sensor_sd.test")
 GOOD = b'["sensor_1","sensor_2"]'

@@ -75,10 +75,11 @@ def test_file_edits_add_change_and_retire_sources_through_the_guard(procs: Procs
     assert groups(sd)["store1"]["targets"] == kept
     # The removed store's targets are held by the drop guard first (3 polls and DROP_HOLD=1 s), then go.
     assert "store2" in groups(sd), "a removed source's targets went at once, past the drop guard"
-    held = [v for labels, v in metric_samples(scrape_metrics(sd), "sensor_sd_drop_guard_active")
-            if labels["source"] == "store2"]
+    # Held at store2's next step (its loop may still sleep when store3 appears): watched, not sampled once.
+    wait_until(lambda: [v for labels, v in metric_samples(scrape_metrics(sd), "sensor_sd_drop_guard_active")
+                        if labels["source"] == "store2"] == [1.0], 15, "store2's drop held by the guard")
+    assert "store2" in groups(sd), "a removed source's targets went before three polls and DROP_HOLD"
     wait_until(lambda: "store2" not in groups(sd), 15, "store2's targets withdrawn after the guard")
-    assert held == [1.0]
     assert not [s for s in metric_samples(scrape_metrics(sd), "sensor_sd_targets") if s[0]["source"] == "store2"]
     assert reloads(sd) == {"success": 1.0, "failure": 0.0}
     assert set(json.loads((procs.workdir / "targets.json").read_bytes())[i]["labels"]["source"]

@@ -12,7 +12,8 @@ import requests
 from sensor_sd import status
 from sensor_sd.config import ListenAddress, Settings, Source, redact_url
 from sensor_sd.sim import inventory as inventory_sim
-from sensor_sd.sync import Change, SourceStatus
+from sensor_sd.poller import SourceStatus
+from sensor_sd.store import Change
 from sensor_sd.targets import Snapshot, TargetGroup
 
 NOW = 1_800_000_000.0

@@ -371,7 +371,7 @@ def test_a_long_outage_at_a_tiny_interval_does_not_end_the_loop(tmp_path: Path) 
 
 def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug of ours in a poll: counted as reason="internal", traceback logged once, last good kept, loop goes on."""
-    import sensor_sd.sync
+    import sensor_sd.poller
 
     async def t(env: Env) -> None:
         await sync_once(env)
@@ -381,7 +381,7 @@ def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypat
         def broken(box: list[bytes], port: int) -> None:
             raise ZeroDivisionError("a bug of ours\nover two lines")
 
-        monkeypatch.setattr(sensor_sd.sync, "validate_body", broken)
+        monkeypatch.setattr(sensor_sd.poller, "validate_body", broken)
         s = env.settings(UPDATE_INTERVAL="0.01")
         metrics = Metrics(CollectorRegistry())
         logger, records = recording_logger("fence")
@@ -462,7 +462,7 @@ def test_a_new_reason_within_an_outage_is_logged_once(tmp_path: Path) -> None:
 
 def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug of ours in building the snapshot: the loop and refresh go on, the previous file and snapshot stay."""
-    import sensor_sd.sync
+    import sensor_sd.store
 
     async def t(env: Env) -> None:
         await sync_once(env)
@@ -481,7 +481,7 @@ def test_an_internal_fault_while_publishing_is_fenced_too(tmp_path: Path, monkey
         async with Client(s) as client:
             d = Discoverer(s, client, metrics, logger)
             d.load_file()
-            monkeypatch.setattr(sensor_sd.sync, "Snapshot", Broken)
+            monkeypatch.setattr(sensor_sd.store, "Snapshot", Broken)
             [r] = await d.refresh()  # POST /-/refresh and `once` take this path
             assert r.result == "success"
             task = asyncio.create_task(d.run(stop))

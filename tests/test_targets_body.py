@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor_sd.sync import diff
+from sensor_sd.poller import diff
 from sensor_sd.targets import validate, validate_body, validate_targets
 
 # Mostly hostname characters so the fast path is taken often; the rest makes it bail out.

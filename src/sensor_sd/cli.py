@@ -31,12 +31,12 @@ from sensor_sd.errors import ConfigError, PublishError
 from sensor_sd.guard import Decision
 from sensor_sd.inventory import Client
 from sensor_sd.metrics import Discarded, Metrics
-from sensor_sd.sync import Discoverer, PollResult
+from sensor_sd.poller import GOOD, PollResult, Result
+from sensor_sd.sync import Discoverer
 from sensor_sd.targets import parse_file
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 STOP_GRACE_SECONDS = 1.5
-FILE_CHECK_SECONDS = 2.0  # how often, at most, the published file is checked for changes made by others
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +116,7 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         if not _take_file(discoverer, claim=True):
             return EXIT_CONFIG
         discoverer.load_file()
-        app = server.make_app(discoverer, metrics)
+        app = server.make_app(discoverer.store, settings, discoverer, metrics)
         ssl_context = None
         if settings.web_config is not None:  # parsed once by config.load, TLS context included
             from sensor_sd.web.auth import install
@@ -140,13 +140,14 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
                   listen=f"{addr.host or '0.0.0.0'}:{addr.port}", sources=[s.display_url for s in settings.sources],
                   targets_file=str(settings.targets_file or ""), interval=settings.update_interval)
         polling = asyncio.create_task(discoverer.run(stop))
-        watching = asyncio.create_task(_keep_file(discoverer, stop, logger))
+        store, file = discoverer.store, discoverer.file
+        tasks = {polling, *([asyncio.create_task(file.keep(lambda: store.snapshot, stop))] if file else [])}
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({polling, stopping}, return_when=asyncio.FIRST_COMPLETED)
         # Abandon an in-flight poll: the file is only ever replaced atomically.
-        polling.cancel()
-        watching.cancel()
-        await asyncio.wait({polling, watching}, timeout=STOP_GRACE_SECONDS)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
         await runner.cleanup()
         log.event(logger, logging.INFO, "sensor-sd stopped")
     failure = polling.exception() if polling.done() and not polling.cancelled() else None
@@ -177,7 +178,7 @@ async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summ
         discoverer.load_file()
         current = _sizes(discoverer)
         results = await discoverer.poll_all(force=force)
-    code = EXIT_FAILED if any(r.result in ("error", "held") for r in results) else EXIT_OK
+    code = EXIT_FAILED if any(r.result not in GOOD for r in results) else EXIT_OK
     if summary:
         print(_summary("once", results, settings, code, before, current), file=sys.stderr, flush=True)
     return code
@@ -195,7 +196,7 @@ async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -
         results = await asyncio.gather(*(discoverer.poll(s.name, dry_run=True) for s in settings.sources))
     for result in results:
         _print_check(result, before.get(result.source, ()), settings)
-    code = EXIT_FAILED if any(r.result in ("error", "held") for r in results) else EXIT_OK
+    code = EXIT_FAILED if any(r.result not in GOOD for r in results) else EXIT_OK
     if summary:
         current = {name: len(targets) for name, targets in before.items()}
         print(_summary("check", results, settings, code, before_file, current), file=sys.stderr, flush=True)
@@ -211,38 +212,11 @@ def _take_file(discoverer: Discoverer, *, claim: bool) -> bool:
     if file is None:
         return True
     try:
-        file.claim() if claim else file.inspect()
+        file.publisher.claim() if claim else file.publisher.inspect()
     except PublishError as exc:
         print(f"sensor-sd: cannot use TARGETS_FILE: {exc}", file=sys.stderr)
         return False
     return True
-
-
-async def _keep_file(discoverer: Discoverer, stop: asyncio.Event, logger: logging.Logger) -> None:
-    """Between polls, notice a published file that vanished or changed under us and rewrite it.
-
-    Polls publish only after a good poll; during an inventory outage this is what restores the file
-    (a second `make run` used to delete it for minutes). One stat per check.
-    """
-    file = discoverer.file
-    if file is None:
-        return
-    period = min(discoverer.settings.update_interval, FILE_CHECK_SECONDS)
-    failing = False
-    while True:
-        try:
-            await asyncio.wait_for(stop.wait(), period)
-            return
-        except asyncio.TimeoutError:
-            pass
-        try:
-            if discoverer.snapshot is not None and file.changed_under_us():
-                await discoverer.publish()  # write errors are logged and counted there
-            failing = False
-        except Exception:  # noqa: BLE001 - a bug here must not end the daemon; the polls still publish
-            if not failing:  # once per streak, with its traceback
-                logger.exception("targets file check failed")
-            failing = True
 
 
 def _print_check(result: PollResult, before: tuple[str, ...], settings: Settings) -> None:
@@ -302,16 +276,16 @@ _FAILURE = {"unreachable": "inventory unreachable", "timeout": "inventory timed 
 
 
 def _outcome(command: str, r: PollResult, current: int, settings: Settings) -> str:
-    if r.result == "error":
+    if r.result is Result.ERROR:
         detail = r.error or ""
         if r.reason and detail.startswith(f"{r.reason}: "):
             detail = detail[len(r.reason) + 2:]
         return f"{_FAILURE.get(r.reason or '', 'inventory failed')} ({detail})"
-    if r.result == "held":
+    if r.result is Result.HELD:
         verb = "would be held back" if command == "check" else "held back"
         why = f" ({_guard_words(r.guard, current)})" if r.guard is not None else ""
         return f"change {verb} by the drop guard{why}"
-    if r.result == "unchanged":
+    if r.result is Result.UNCHANGED:
         return "inventory unchanged"
     return f"{'would apply' if command == 'check' else 'applied'} +{len(r.added)} -{len(r.removed)} targets"
 
@@ -324,7 +298,7 @@ def _file_words(command: str, settings: Settings, before: _FileState, results: l
     if after is None:
         if command == "check":
             return "nothing written, no targets file yet"
-        if any(r.result in ("success", "unchanged") for r in results):
+        if any(r.result in GOOD for r in results):
             return "targets file not written (see the error above)"
         return "no targets file (nothing known yet, nothing written)"
     total = _file_count(path)
@@ -345,8 +319,8 @@ def _summary(command: str, results: list[PollResult], settings: Settings, code: 
         meaning = "success"
     else:
         held = "a change would be held back" if command == "check" else "a change was held back (--force applies it)"
-        failed = any(r.result == "error" for r in results)
+        failed = any(r.result is Result.ERROR for r in results)
         meaning = " and ".join(w for w, on in (("the inventory failed", failed),
-                                               (held, any(r.result == "held" for r in results))) if on)
+                                               (held, any(r.result is Result.HELD for r in results))) if on)
     return (f"sensor-sd {command}: {outcomes}; {_file_words(command, settings, before, results)}; "
             f"exit {code}: {meaning}")

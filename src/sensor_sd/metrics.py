@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor_sd import __version__
+from sensor_sd.poller import Result
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -126,7 +127,7 @@ class Metrics:
         each one up by label values (a dict lookup and a lock per call, 1,000 sources per interval).
         """
         return SourceMetrics(
-            syncs={r: self.syncs.labels(source=source, result=r) for r in ("success", "unchanged", "error", "held")},
+            syncs={r: self.syncs.labels(source=source, result=r.value) for r in Result},
             request_duration=self.request_duration.labels(source=source),
             targets=self.targets.labels(source=source),
             inventory_up=self.inventory_up.labels(source=source),
@@ -150,7 +151,7 @@ class Metrics:
 class SourceMetrics:
     """The label children of one source, looked up once."""
 
-    syncs: Mapping[str, Any]
+    syncs: Mapping[Result, Any]
     request_duration: Any
     targets: Any
     inventory_up: Any

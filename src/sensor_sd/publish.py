@@ -11,23 +11,36 @@ FIFO, a directory) is refused, never replaced: `TARGETS_FILE=/dev/null` must
 not turn the system's /dev/null into a regular file. One writer per file: a
 daemon claims an advisory lock (`flock` on `.<name>-lock` next to the target,
 holding `pid@host`) and a second one is refused naming the first.
+
+`FileOutput` is the file as the store's subscriber: it writes each snapshot,
+counts and logs the writes, and while the daemon runs it alone checks the
+file (one stat per check) and rewrites it when it vanished, was changed by
+someone else, or its last write failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sensor_sd.errors import PublishError
 from sensor_sd.files import UnreadableFile, kind, read_regular
+from sensor_sd.log import event
+from sensor_sd.metrics import Metrics
+from sensor_sd.targets import Snapshot, TargetGroup, parse_file
 
 TARGETS_FILE_LIMIT = 4 * 1024**3  # a sanity bound for reading back our own file (1M targets are ~25 MB)
 _HOLDER_LIMIT = 4096
+FILE_CHECK_SECONDS = 2.0  # how often, at most, the published file is checked for changes made by others
+RETRY_SECONDS = 30.0  # how often, at most, a failed write is tried again while no new snapshot comes
 
 
 class LockHeld(PublishError):
@@ -275,3 +288,81 @@ class FilePublisher:
     def _remember(self, data: bytes) -> None:
         identity = _identity(self.path)
         self._written = _Written(data, identity) if identity is not None else None
+
+
+class FileOutput:
+    """The targets file as a subscriber of the store: writes, counts and logs; `keep` watches it while running."""
+
+    def __init__(self, path: Path, metrics: Metrics, logger: logging.Logger, *, interval: float) -> None:
+        self.publisher = FilePublisher(path, on_restore=self._restored)
+        self._metrics = metrics
+        self._log = logger
+        self._check = min(interval, FILE_CHECK_SECONDS)
+        self._retry = min(interval, RETRY_SECONDS)
+        self._lock = asyncio.Lock()  # one write at a time, so an older snapshot never follows a newer one
+        self._failed: float | None = None  # monotonic time of the last failed write; None while the file is current
+
+    @property
+    def path(self) -> Path:
+        return self.publisher.path
+
+    def load(self) -> list[TargetGroup] | None:
+        """The existing file's groups (last known good at start); None when absent or unusable (then logged)."""
+        try:
+            data = self.publisher.load()
+            return None if data is None else parse_file(data)
+        except (PublishError, ValueError) as exc:
+            # A corrupt file is reported and left in place for a human to look at.
+            self._metrics.publish_errors.labels(output="file_load").inc()
+            event(self._log, logging.ERROR, "existing targets file unusable, not loaded", file=str(self.path),
+                  error=str(exc))
+            return None
+
+    async def __call__(self, snapshot: Snapshot) -> None:
+        """Write the snapshot unless the file holds it already; a failure keeps the previous file."""
+        async with self._lock:
+            await self._write(snapshot)
+
+    async def _write(self, snapshot: Snapshot) -> None:
+        try:
+            if await asyncio.to_thread(self.publisher.publish, snapshot.body):
+                self._metrics.file_writes.inc()
+                event(self._log, logging.DEBUG, "targets file written", file=str(self.path), targets=snapshot.count)
+            self._failed = None
+        except PublishError as exc:
+            self._failed = time.monotonic()
+            self._metrics.publish_errors.labels(output="file").inc()
+            event(self._log, logging.ERROR, "targets file not written, previous file kept", error=str(exc))
+
+    def _restored(self, why: str) -> None:
+        """The published file vanished or changed under us and was rewritten from the snapshot."""
+        self._metrics.file_restores.inc()
+        event(self._log, logging.WARNING, "targets file changed under sensor-sd, rewritten from the snapshot",
+              file=str(self.path), found=why)
+
+    async def keep(self, current: Callable[[], Snapshot | None], stop: asyncio.Event) -> None:
+        """Until `stop`: rewrite the file from `current()` when it changed under us or its last write failed.
+
+        Polls write only after a change; during an inventory outage this is what restores the file (a second
+        `make run` used to delete it for minutes) and what retries a write that failed (a full disk freed).
+        One stat per check, every min(UPDATE_INTERVAL, FILE_CHECK_SECONDS); a retry at most every
+        min(UPDATE_INTERVAL, RETRY_SECONDS).
+        """
+        failing = False
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self._check)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                async with self._lock:  # `current()` read under the lock: the newest snapshot, never an older one
+                    snapshot = current()
+                    retry = self._failed is not None and time.monotonic() - self._failed >= self._retry
+                    if snapshot is not None and (retry or self.publisher.changed_under_us()):
+                        await self._write(snapshot)
+                failing = False
+            except Exception:  # noqa: BLE001 - a bug here must not end the daemon; the polls still publish
+                if not failing:  # once per streak, with its traceback
+                    self._log.exception("targets file check failed")
+                failing = True

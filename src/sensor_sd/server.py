@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -28,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from sensor_sd import __version__, status
 from sensor_sd.config import Settings
 from sensor_sd.metrics import Metrics
-from sensor_sd.sync import Discoverer
+from sensor_sd.poller import PollResult, Result, SourceStatus
+from sensor_sd.store import Store
 from sensor_sd.targets import Snapshot, TargetGroup, hashmod, render
 
 JSON = "application/json"
@@ -164,18 +165,27 @@ def _bad_request(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=reason + "\n", content_type="text/plain")
 
 
-class Handlers:
-    """Request handlers bound to one discoverer and its metrics."""
+class Polling(Protocol):
+    """What the server asks of the scheduler: a refresh now (`/-/refresh`), the sources' state (`/`)."""
 
-    def __init__(self, discoverer: Discoverer, metrics: Metrics) -> None:
-        self.discoverer = discoverer
+    async def refresh(self) -> list[PollResult]: ...
+    def status(self) -> tuple[SourceStatus, ...]: ...
+
+
+class Handlers:
+    """Request handlers: they read the store, ask `polling` for a refresh or the sources' state."""
+
+    def __init__(self, store: Store, settings: Settings, polling: Polling, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.polling = polling
         self.metrics = metrics
         self._shards = _ShardCache()
         self._gzip = _GzipCache()
 
     async def targets(self, request: web.Request) -> web.StreamResponse:
         params = _shard_params(request)
-        snapshot = self.discoverer.snapshot
+        snapshot = self.store.snapshot
         if snapshot is None:
             # Never an empty list: Prometheus would drop every target it has.
             return _json_error(503, "no good inventory snapshot yet")
@@ -197,23 +207,23 @@ class Handlers:
         return web.Response(text="sensor-sd is healthy.\n")
 
     async def ready(self, request: web.Request) -> web.Response:
-        if self.discoverer.snapshot is None:
+        if self.store.snapshot is None:
             return web.Response(status=503, text="sensor-sd is not ready: no good inventory snapshot yet.\n")
         return web.Response(text="sensor-sd is ready.\n")
 
     async def refresh(self, request: web.Request) -> web.Response:
-        results = await self.discoverer.refresh()
-        failed = [r for r in results if r.result == "error"]
-        snapshot = self.discoverer.snapshot
+        results = await self.polling.refresh()
+        failed = [r for r in results if r.result is Result.ERROR]
+        snapshot = self.store.snapshot
         body = {"status": "error" if failed else "success", "targets": snapshot.count if snapshot else 0,
                 "sources": [r.summary() for r in results]}
         return web.Response(status=502 if failed else 200, body=orjson.dumps(body), content_type=JSON)
 
     async def status_page(self, request: web.Request) -> web.Response:
-        d = self.discoverer
-        view = status.View(now=time.time(), version=__version__, sources=d.status(), changes=tuple(d.changes),
-                           snapshot=d.snapshot, update_interval=d.settings.update_interval,
-                           confirmations=d.settings.drop_confirmations)
+        s = self.settings
+        view = status.View(now=time.time(), version=__version__, sources=self.polling.status(),
+                           changes=self.store.changes, snapshot=self.store.snapshot,
+                           update_interval=s.update_interval, confirmations=s.drop_confirmations)
         return web.Response(body=status.render(view), headers=status.HEADERS)
 
     async def favicon(self, request: web.Request) -> web.Response:
@@ -678,8 +688,8 @@ SERVER_METRICS = web.AppKey("server_metrics", ServerMetrics)
 CONNECTIONS = web.AppKey("connections", Connections)
 
 
-def make_app(discoverer: Discoverer, metrics: Metrics) -> web.Application:
-    h = Handlers(discoverer, metrics)
+def make_app(store: Store, settings: Settings, polling: Polling, metrics: Metrics) -> web.Application:
+    h = Handlers(store, settings, polling, metrics)
     server_metrics = ServerMetrics(metrics.registry)
     connections = Connections(server_metrics)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sensor_sd.config import redact_url
-from sensor_sd.sync import CHANGE_NAMES, Change, SourceStatus
+from sensor_sd.poller import Result, SourceStatus
+from sensor_sd.store import CHANGE_NAMES, Change
 from sensor_sd.targets import Snapshot
 
 MAX_TEXT = 300  # longer error messages are cut on the page (the log has them whole)
@@ -51,7 +52,7 @@ HEADERS: Mapping[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """Everything the page shows, taken at one instant from the discoverer."""
+    """Everything the page shows, taken at one instant from the store and the pollers."""
 
     now: float
     version: str
@@ -152,7 +153,7 @@ def _changes(changes: Iterable[Change], now: float) -> str:
 def render(view: View) -> bytes:
     snap = view.snapshot
     count = snap.count if snap is not None else 0
-    failing = [s for s in view.sources if s.last_result == "error"]
+    failing = [s for s in view.sources if s.last_result == Result.ERROR]
     n = len(view.sources)
     if snap is None:
         ready = "<strong>not ready</strong>: no good inventory snapshot yet, /targets answers 503"

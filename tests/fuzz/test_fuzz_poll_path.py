@@ -150,7 +150,7 @@ def poll_path(loop_thread: LoopThread, tmp_path: Path) -> Iterator[PollPath]:
         d = Discoverer(s, client, metrics, logger)
         [first] = await d.poll_all()
         assert first.result == "success"
-        sd = await server.start(server.make_app(d, metrics), s)
+        sd = await server.start(server.make_app(d.store, s, d, metrics), s)
         loop_thread.defer(sd.cleanup)
         http = aiohttp.ClientSession(auto_decompress=False)
         loop_thread.defer(http.close)
