@@ -17,6 +17,7 @@ import errno
 import http.client
 import socket
 import ssl
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,13 +256,14 @@ class OneShotClient(Client):
         return ctx
 
     async def fetch(self, source: Source, validators: Validators) -> Response:
-        get = _OneGet(self, source, validators)
-        work = asyncio.get_running_loop().run_in_executor(self._pool, get.run)
-        try:
-            return await asyncio.wait_for(work, self._timeout_seconds)
-        except asyncio.TimeoutError:
-            get.abort()
-            raise FetchTimeout("no complete answer within REQUEST_TIMEOUT") from None
+        async with self._slots:  # as many in flight as workers: the timeout starts with the request, not in a queue
+            get = _OneGet(self, source, validators)
+            work = asyncio.get_running_loop().run_in_executor(self._pool, get.run)
+            try:
+                return await asyncio.wait_for(work, self._timeout_seconds)
+            except asyncio.TimeoutError:
+                get.abort()
+                raise FetchTimeout("no complete answer within REQUEST_TIMEOUT") from None
 
 
 class _OneGet:
@@ -273,6 +275,7 @@ class _OneGet:
         self._validators = validators
         self._conn: http.client.HTTPConnection | None = None
         self._aborted = False
+        self._deadline = time.monotonic() + client._timeout_seconds
 
     def abort(self) -> None:
         self._aborted = True
@@ -324,7 +327,9 @@ class _OneGet:
             raise FetchError(_one_line(_stdlib_words(exc))) from None
 
     def _connect(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
-        timeout = self._client._timeout_seconds
+        # The socket's own timeout, per operation, ends at the request's deadline: a worker left behind by
+        # `abort` before its socket existed (connecting) is not kept past it.
+        timeout = max(0.001, self._deadline - time.monotonic())
         if scheme == "https":
             ctx = self._client._source_ssl(self._source) or self._client._system_ssl()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
