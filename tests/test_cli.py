@@ -416,6 +416,37 @@ def test_check_deletes_no_temp_file(inventory: Stack, tmp_path: Path) -> None:
     assert not stale.exists()
 
 
+def test_check_beside_a_loaded_file_changes_nothing_in_its_directory(inventory: Stack, tmp_path: Path) -> None:
+    """Loading the existing file as last known good reads only: a dead writer's temp stays, no byte or mtime moves."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = env_for(inventory, out_dir)
+    write_targets(out_dir / "t.json", 7)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out_dir / f".t.json.{dead.stdout.strip()}.tmp"
+    stale.write_bytes(b"[")
+
+    def state() -> list[tuple[str, int, int, bytes]]:
+        return sorted((p.name, p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in out_dir.iterdir())
+
+    before = state()
+    out = sd(["check"], env)
+    assert out.returncode == 0, out.stderr
+    assert "inv: 100 targets, +93 -0 against the current file" in out.stdout.splitlines()
+    assert "loaded targets file as last known good" in out.stderr  # the file was read ...
+    assert state() == before  # ... and nothing was written, locked or removed
+
+
+def test_check_words_a_drop_that_waits_for_time_only(inventory: Stack, tmp_path: Path) -> None:
+    env = env_for(inventory, tmp_path, DROP_CONFIRMATIONS="1", DROP_HOLD="600")
+    assert sd(["once"], env).returncode == 0
+    put_sensors(inventory, ["sensor_1"])
+    out = sd(["check"], env)
+    assert out.returncode == 1
+    assert ("inv: the drop guard would hold this change back (would remove 99 of 100 targets, seen 1 of 1 polls, "
+            "needs 600 s (DROP_HOLD); MAX_DROP_RATIO 0.5)") in out.stdout.splitlines()
+
+
 # --- a file removed or changed under the daemon is rewritten (issue 13 #4) ------------------------
 
 

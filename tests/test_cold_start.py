@@ -22,7 +22,7 @@ import pytest
 # aiohttp's client alone cost more than a 100-host sync (it reads the system CA bundle twice on import):
 # the one-shot commands fetch with http.client.
 NOT_FOR_ONE_SHOT = ("aiohttp", "bcrypt", "yaml", "prometheus_client.exposition", "sensor_sd.server",
-                    "sensor_sd.webconfig", "sensor_sd.status", "sensor_sd.sim", "http.server")
+                    "sensor_sd.web", "sensor_sd.status", "sensor_sd.sim", "http.server")
 
 # Runs the CLI as `sensor-sd` does, then reports its exit code and every module it imported.
 WRAPPER = ("import json, sys\nfrom sensor_sd.cli import main\nrc = main(sys.argv[1:])\n"
@@ -84,6 +84,22 @@ def test_one_shot_commands_import_only_what_they_use(command: str, inventory_url
         assert not target.exists()
     # ... without aiohttp, the server, the web config, the exposition or the simulators.
     assert _unneeded(modules) == []
+
+
+@pytest.mark.parametrize("command", ["once", "check"])
+def test_a_web_config_costs_one_shot_commands_only_its_parser(command: str, inventory_url: str,
+                                                              tmp_path: Path) -> None:
+    """With WEB_CONFIG_FILE set the file is parsed (a bad one exits 2), but no server, auth or bcrypt is imported."""
+    web_config = tmp_path / "web.yml"
+    web_config.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    env = {"INVENTORY_URL": inventory_url, "TARGETS_FILE": str(tmp_path / "targets.json"), "LOG_LEVEL": "warning",
+           "WEB_CONFIG_FILE": str(web_config)}
+    rc, modules, _ = _modules_of([command], env)
+    assert rc == 0
+    assert "sensor_sd.web.config" in modules and "yaml" in modules  # the file was parsed ...
+    unneeded = [m for m in _unneeded(modules) if m not in ("yaml", "sensor_sd.web", "sensor_sd.web.config",
+                                                           "sensor_sd.web.tls") and not m.startswith("yaml.")]
+    assert unneeded == []  # ... and nothing that only serves it
 
 
 def test_the_simulators_keep_their_flags() -> None:

@@ -27,6 +27,14 @@ def test_defaults_match_the_contract() -> None:
     assert (s.request_timeout, s.max_response_bytes) == (5.0, 67108864)
     assert (s.max_drop_ratio, s.drop_confirmations) == (0.5, 3)
     assert (s.log_format, s.log_level) == ("json", "info")
+    assert config.Settings(sources=s.sources) == s  # the dataclass's defaults are the table's, parsed
+
+
+def test_help_shows_each_default_from_the_table() -> None:
+    out = subprocess.run([sys.executable, "-m", "sensor_sd", "check", "--help"], capture_output=True, text=True)
+    text = " ".join(out.stdout.split())
+    for opt in config.OPTIONS:
+        assert f"(env {opt.env}, default {opt.default!r})" in text, opt.env
 
 
 def test_flags_win_over_environment() -> None:

@@ -223,6 +223,18 @@ def test_decide_is_a_pure_query() -> None:
     assert (guard.pending, guard.seen, guard.since, tuple(guard._window)) == before
 
 
+def test_the_decision_says_what_a_held_drop_waits_for() -> None:
+    """`check` words its answer from the decision alone: sightings needed, and whether only time is missing."""
+    polls = DropGuard(0.5, 3, hold=300).decide(CURRENT, (), 10, 0.0)
+    assert polls.held and (polls.seen, polls.needed, polls.hold) == (1, 3, 300) and not polls.waits_for_time
+    time_only = DropGuard(0.5, 1, hold=300).decide(CURRENT, (), 10, 0.0)
+    assert time_only.held and (time_only.seen, time_only.needed) == (1, 1) and time_only.waits_for_time
+    confirmed = DropGuard(0.5, 1).decide(CURRENT, (), 10, 0.0)
+    assert confirmed.drop and not confirmed.held and not confirmed.waits_for_time
+    small = DropGuard(0.5, 3, hold=300).decide(CURRENT, CURRENT[1:], 1, 0.0)
+    assert not small.drop and not small.held and small.needed == 0
+
+
 # --- the property: no unconfirmed large drop is ever applied ---------------------------------------
 
 UNIVERSE = tuple(f"h{i:02d}" for i in range(20))

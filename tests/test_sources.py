@@ -82,6 +82,20 @@ def test_an_empty_inventory_url_gives_way_to_the_sources_file(tmp_path: Path) ->
         config.load({}, {"INVENTORY_URL": ""})
 
 
+def test_sources_file_decides_whether_inventory_url_is_read(tmp_path: Path) -> None:
+    """SOURCES_FILE is settled first (flag over environment); only then is INVENTORY_URL read or required empty."""
+    path = write(tmp_path, [{"name": "a", "url": "http://127.0.0.1:1/inv"}])
+    # An emptied --sources-file wins over the environment's: INVENTORY_URL is the sources, and empty is an error
+    # (never a run with no source at all).
+    with pytest.raises(ConfigError) as info:
+        config.load({"sources_file": ""}, {"SOURCES_FILE": str(path), "INVENTORY_URL": ""})
+    assert str(info.value).startswith("invalid INVENTORY_URL=") and "\n" not in str(info.value)
+    # An emptied --inventory-url gives way to the sources file like an emptied variable does.
+    assert [s.name for s in config.load({"sources": ""}, {"SOURCES_FILE": str(path)}).sources] == ["a"]
+    # With a sources file, INVENTORY_URL is never parsed: a conflicting value is named as such, whatever it holds.
+    assert "not together with INVENTORY_URL" in refused(path, INVENTORY_URL="not a url \x1b[31m")
+
+
 GOOD = {"name": "s", "url": "http://127.0.0.1:1/inv"}
 
 

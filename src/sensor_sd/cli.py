@@ -6,11 +6,11 @@ guard would hold the change back. On a terminal, `once` and `check` end with
 one plain-language line saying what happened, what the targets file holds
 and what the exit code means (`--summary` forces it on or off).
 
-`once` and `check` import only what they use: the server, the web config
-(bcrypt, PyYAML), prometheus_client and the simulators are imported inside
-the commands that need them, and they fetch with the standard library's
-http.client instead of aiohttp (inventory.OneShotClient, same rules), since
-at 100 hosts importing those cost more than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
+`once` and `check` import only what they use: the server, the web package
+(aiohttp's server, bcrypt, PyYAML), prometheus_client and the simulators are
+imported inside the commands that need them, and they fetch with the standard
+library's http.client instead of aiohttp (inventory.OneShotClient, same rules),
+since at 100 hosts importing those cost more than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
 measures it).
 """
 
@@ -29,6 +29,7 @@ from typing import NoReturn
 from sensor_sd import __version__, config, log
 from sensor_sd.config import Settings
 from sensor_sd.errors import ConfigError, PublishError
+from sensor_sd.guard import Decision
 from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Discarded, Metrics
 from sensor_sd.sync import Discoverer, PollResult
@@ -118,10 +119,11 @@ async def _run(settings: Settings, logger: logging.Logger) -> int:
         discoverer.load_file()
         app = server.make_app(discoverer, metrics)
         ssl_context = None
-        if settings.web_config_file:
-            from sensor_sd.webconfig import install, load_web_config
+        if settings.web_config is not None:  # parsed once by config.load, TLS context included
+            from sensor_sd.web.auth import install
 
-            ssl_context = install(app, load_web_config(settings.web_config_file))
+            install(app, settings.web_config)
+            ssl_context = settings.web_config.ssl_context
         try:
             runner = await server.start(app, settings, ssl_context)
         except OSError as exc:
@@ -256,7 +258,7 @@ def _print_check(result: PollResult, before: tuple[str, ...], settings: Settings
         print(f"- {target}")
     if result.result == "held" and result.guard is not None:
         print(f"{result.source}: the drop guard would hold this change back "
-              f"({_guard_words(result, len(before), settings)}; MAX_DROP_RATIO {settings.max_drop_ratio:g})")
+              f"({_guard_words(result.guard, len(before))}; MAX_DROP_RATIO {settings.max_drop_ratio:g})")
 
 
 # --- the summary line ---------------------------------------------------------------------
@@ -285,14 +287,12 @@ def _file_count(path: Path) -> int | None:
         return None
 
 
-def _guard_words(result: PollResult, current: int, settings: Settings) -> str:
-    """The guard's reason in words. A one-shot process has no window history: the current list is the yardstick."""
-    d = result.guard
-    assert d is not None
-    words = f"would remove {d.removed} of {current} targets"
-    words += f", seen {d.seen} of {settings.drop_confirmations} polls"
-    if d.seen >= settings.drop_confirmations and settings.drop_hold > 0:
-        words += f", needs {settings.drop_hold:g} s (DROP_HOLD)"
+def _guard_words(d: Decision, current: int) -> str:
+    """The guard's own decision in words (the rule lives in `guard.py`). A one-shot process has no window
+    history: the current list is the yardstick."""
+    words = f"would remove {d.removed} of {current} targets, seen {d.seen} of {d.needed} polls"
+    if d.waits_for_time:
+        words += f", needs {d.hold:g} s (DROP_HOLD)"
     return words
 
 
@@ -310,7 +310,7 @@ def _outcome(command: str, r: PollResult, current: int, settings: Settings) -> s
         return f"{_FAILURE.get(r.reason or '', 'inventory failed')} ({detail})"
     if r.result == "held":
         verb = "would be held back" if command == "check" else "held back"
-        why = f" ({_guard_words(r, current, settings)})" if r.guard is not None else ""
+        why = f" ({_guard_words(r.guard, current)})" if r.guard is not None else ""
         return f"change {verb} by the drop guard{why}"
     if r.result == "unchanged":
         return "inventory unchanged"

@@ -14,15 +14,20 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from sensor_sd import checks
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
 
-LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+if TYPE_CHECKING:
+    from sensor_sd.web.config import WebConfig
+
+_T = TypeVar("_T")
+LABEL_NAME_RE = checks.LABEL_NAME_RE
 _SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = checks.CONTROL_RE
 SECONDS_RANGE = (0.001, 86400.0)  # UPDATE_INTERVAL, REQUEST_TIMEOUT: a millisecond to a day
 
 
@@ -50,30 +55,6 @@ class ListenAddress:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    sources: tuple[Source, ...]
-    update_interval: float = 30.0
-    targets_file: Path | None = Path("data/targets.json")
-    metrics_port: int = 9100
-    metrics_path: str = "/metrics"
-    target_labels: tuple[tuple[str, str], ...] = ()
-    listen_address: ListenAddress = ListenAddress("", 8080)
-    request_timeout: float = 5.0
-    max_response_bytes: int = 64 * 1024 * 1024
-    max_drop_ratio: float = 0.5
-    drop_confirmations: int = 3
-    drop_window: float = 3600.0
-    drop_hold: float = 300.0
-    inventory_token_file: Path | None = None
-    inventory_ca_file: Path | None = None
-    web_config_file: Path | None = None
-    web_max_connections: int = 512
-    log_format: str = "json"
-    log_level: str = "info"
-    sources_file: Path | None = None
-
-
 def redact_url(url: str) -> str:
     """The URL without user:password, query values or fragment: safe to log, show or label.
 
@@ -92,53 +73,8 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-# --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed)
-
-
-_DECIMAL_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-_INTEGER_RE = re.compile(r"[0-9]+")
-_NUMBER_CHARS = 64  # longer than any value in range: no 5,000-digit conversions
-
-
-def _number_text(text: str, pattern: re.Pattern[str]) -> str | None:
-    """`text` when it is plain ASCII decimal (no sign, exponent, `_`, spaces or other scripts' digits), else None.
-
-    Python's float() and int() accept far more (`1_000`, Arabic-Indic digits, `inf`, `1e-300`, surrounding
-    Unicode spaces); every variable and flag speaks one grammar instead, the one an operator writes.
-    """
-    return text if len(text) <= _NUMBER_CHARS and pattern.fullmatch(text) else None
-
-
-def _float(minimum: float, maximum: float, *, open_min: bool = False) -> Callable[[str], float]:
-    low = "above" if open_min else "from"
-    allowed = f"a decimal number {low} {minimum:g} to {maximum:g}"
-
-    def parse(text: str) -> float:
-        plain = _number_text(text, _DECIMAL_RE)
-        if plain is None:
-            raise ValueError(allowed)
-        value = float(plain)
-        if value > maximum or value < minimum or (open_min and value == minimum):
-            raise ValueError(allowed)
-        return value
-
-    return parse
-
-
-def _int(minimum: int, maximum: int) -> Callable[[str], int]:
-    allowed = f"an integer from {minimum} to {maximum}"
-
-    def parse(text: str) -> int:
-        plain = _number_text(text, _INTEGER_RE)
-        if plain is None:
-            raise ValueError(allowed)
-        value = int(plain)
-        if not minimum <= value <= maximum:
-            raise ValueError(allowed)
-        return value
-
-    return parse
-
+# --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed);
+# numbers speak the one grammar of sensor_sd.checks (plain ASCII decimal).
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
@@ -247,7 +183,7 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     for item in text.split(","):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not LABEL_NAME_RE.fullmatch(key) or key.startswith("__") or key == "source":
+        if not sep or checks.label_name_problem(key):
             raise ValueError(allowed)
         if key in labels:
             raise ValueError(f"distinct label names (duplicate {key!r})")
@@ -269,15 +205,18 @@ def _listen(text: str) -> ListenAddress:
     elif ":" in host or _CONTROL_RE.search(host) or " " in host:
         raise ValueError(allowed)
     try:
-        number = _int(1, 65535)(port)
+        number = checks.whole(1, 65535)(port)
     except ValueError:
         raise ValueError(allowed) from None
     return ListenAddress(host, number)
 
 
-def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> Callable[[str], Path | None]:
-    """A path to a non-empty regular file of at most `limit` bytes: a FIFO, device or directory is refused, never read."""
-    def parse(text: str) -> Path | None:
+def _readable_file(limit: int, convert: Callable[[Path, bytes], _T]) -> Callable[[str], _T | None]:
+    """A path to a non-empty regular file of at most `limit` bytes, read once and handed to `convert` with its bytes.
+
+    A FIFO, device or directory is refused, never read; empty text means unset (None).
+    """
+    def parse(text: str) -> _T | None:
         if not text:
             return None
         path = Path(text)
@@ -287,127 +226,160 @@ def _readable_file(limit: int, check: Callable[[Path], None] | None = None) -> C
             raise ValueError(f"a readable regular file of at most {limit} bytes ({exc})") from None
         if not data.strip():
             raise ValueError("a non-empty file")
-        if check:
-            check(path)
-        return path
+        return convert(path, data)
 
     return parse
 
 
-def _check_token(path: Path) -> None:
+def _token(path: Path, data: bytes) -> Path:
     try:
-        read_regular(path, TOKEN_FILE_LIMIT).decode()
-    except (UnreadableFile, UnicodeDecodeError):
+        data.decode()
+    except UnicodeDecodeError:
         raise ValueError("a UTF-8 text file holding the token") from None
+    return path
 
 
-def _check_ca(path: Path) -> None:
+def _ca(path: Path, data: bytes) -> Path:
     try:
         ssl.create_default_context(cafile=str(path))
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"a PEM CA bundle ({exc})") from None
+    return path
 
 
-def _check_web_config(path: Path) -> None:
-    # Imported lazily: YAML and bcrypt are only needed when the file is set.
-    from sensor_sd.webconfig import load_web_config
+def _web_config(path: Path, data: bytes) -> WebConfig:
+    """Parsed here, once, and carried by Settings (imported lazily: PyYAML is only needed when the file is set)."""
+    from sensor_sd.web import config as web_config
 
-    load_web_config(path)
+    return web_config.parse(path, data)
 
 
 @dataclass(frozen=True, slots=True)
 class _Option:
+    """One variable: its name, the Settings field, the parser, its default (as the environment would spell it)."""
+
     env: str
     field: str
     parse: Callable[[str], Any]
+    default: str
     help: str
+    shown: Callable[[str], str] = str  # how a bad raw value appears in the error line
 
     @property
     def flag(self) -> str:
         return "--" + self.env.lower().replace("_", "-")
 
 
+# The one table of variables: adding a variable is one row here, a field in Settings, a row in README.
 OPTIONS: tuple[_Option, ...] = (
-    _Option("INVENTORY_URL", "sources", _sources, "inventory URL, or name=url,name=url"),
-    _Option("UPDATE_INTERVAL", "update_interval", _float(*SECONDS_RANGE), "seconds between polls"),
-    _Option("TARGETS_FILE", "targets_file", _targets_file, "file_sd output file; empty disables it"),
-    _Option("METRICS_PORT", "metrics_port", _int(1, 65535), "sensors' port, added to hostnames without one"),
-    _Option("METRICS_PATH", "metrics_path", _metrics_path, "__metrics_path__ label"),
-    _Option("TARGET_LABELS", "target_labels", _labels, "extra labels k=v,k=v"),
-    _Option("LISTEN_ADDRESS", "listen_address", _listen, "the SD's own HTTP server"),
-    _Option("REQUEST_TIMEOUT", "request_timeout", _float(*SECONDS_RANGE), "seconds per inventory request"),
-    _Option("MAX_RESPONSE_BYTES", "max_response_bytes", _int(1, 2**40), "largest inventory body accepted"),
-    _Option("MAX_DROP_RATIO", "max_drop_ratio", _float(0, 1), "share of targets a poll may remove at once"),
-    _Option("DROP_CONFIRMATIONS", "drop_confirmations", _int(1, 1000), "polls in a row that confirm a held drop"),
-    _Option("DROP_WINDOW", "drop_window", _float(0, 604800),
+    _Option("INVENTORY_URL", "sources", _sources, "http://inventory_server:1337/inventory",
+            "inventory URL, or name=url,name=url", shown=redact_raw_sources),
+    _Option("UPDATE_INTERVAL", "update_interval", checks.decimal(*SECONDS_RANGE), "30", "seconds between polls"),
+    _Option("TARGETS_FILE", "targets_file", _targets_file, "./data/targets.json",
+            "file_sd output file; empty disables it"),
+    _Option("METRICS_PORT", "metrics_port", checks.whole(1, 65535), "9100",
+            "sensors' port, added to hostnames without one"),
+    _Option("METRICS_PATH", "metrics_path", _metrics_path, "/metrics", "__metrics_path__ label"),
+    _Option("TARGET_LABELS", "target_labels", _labels, "", "extra labels k=v,k=v"),
+    _Option("LISTEN_ADDRESS", "listen_address", _listen, ":8080", "the SD's own HTTP server"),
+    _Option("REQUEST_TIMEOUT", "request_timeout", checks.decimal(*SECONDS_RANGE), "5", "seconds per inventory request"),
+    _Option("MAX_RESPONSE_BYTES", "max_response_bytes", checks.whole(1, 2**40), "67108864",
+            "largest inventory body accepted"),
+    _Option("MAX_DROP_RATIO", "max_drop_ratio", checks.decimal(0, 1), "0.5",
+            "share of targets a poll may remove at once"),
+    _Option("DROP_CONFIRMATIONS", "drop_confirmations", checks.whole(1, 1000), "3",
+            "polls in a row that confirm a held drop"),
+    _Option("DROP_WINDOW", "drop_window", checks.decimal(0, 604800), "3600",
             "seconds a published list stays the yardstick for drops; 0: the current list only"),
-    _Option("DROP_HOLD", "drop_hold", _float(0, 604800),
+    _Option("DROP_HOLD", "drop_hold", checks.decimal(0, 604800), "300",
             "seconds a held drop must be seen before it applies; 0: the polls alone decide"),
-    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _check_token),
+    _Option("INVENTORY_TOKEN_FILE", "inventory_token_file", _readable_file(TOKEN_FILE_LIMIT, _token), "",
             "bearer token file"),
-    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _check_ca), "CA bundle for the inventory"),
-    _Option("WEB_CONFIG_FILE", "web_config_file", _readable_file(WEB_CONFIG_LIMIT, _check_web_config), "exporter-toolkit web config"),
-    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", _int(1, 1_000_000),
+    _Option("INVENTORY_CA_FILE", "inventory_ca_file", _readable_file(CA_FILE_LIMIT, _ca), "",
+            "CA bundle for the inventory"),
+    _Option("WEB_CONFIG_FILE", "web_config", _readable_file(WEB_CONFIG_LIMIT, _web_config), "",
+            "exporter-toolkit web config"),
+    _Option("WEB_MAX_CONNECTIONS", "web_max_connections", checks.whole(1, 1_000_000), "512",
             "cap on open connections to the SD's HTTP server (as Prometheus' --web.max-connections)"),
-    _Option("SOURCES_FILE", "sources_file", _sources_file, "YAML or JSON file of sources (not with INVENTORY_URL)"),
-    _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json or text"),
-    _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "debug, info, warning, error"),
+    _Option("SOURCES_FILE", "sources_file", _sources_file, "",
+            "YAML or JSON file of sources (not with INVENTORY_URL)"),
+    _Option("LOG_FORMAT", "log_format", _choice("json", "text"), "json", "json or text"),
+    _Option("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info",
+            "debug, info, warning, error"),
 )
+_BY_ENV: Mapping[str, _Option] = {o.env: o for o in OPTIONS}
 
 # Spelled as Prometheus spells its own flag, besides the --web-max-connections every variable gets.
 _FLAG_ALIASES: Mapping[str, tuple[str, ...]] = {"WEB_MAX_CONNECTIONS": ("--web.max-connections",)}
 
-DEFAULTS: Mapping[str, str] = {
-    "INVENTORY_URL": "http://inventory_server:1337/inventory",
-    "UPDATE_INTERVAL": "30",
-    "TARGETS_FILE": "./data/targets.json",
-    "METRICS_PORT": "9100",
-    "METRICS_PATH": "/metrics",
-    "TARGET_LABELS": "",
-    "LISTEN_ADDRESS": ":8080",
-    "REQUEST_TIMEOUT": "5",
-    "MAX_RESPONSE_BYTES": "67108864",
-    "MAX_DROP_RATIO": "0.5",
-    "DROP_CONFIRMATIONS": "3",
-    "DROP_WINDOW": "3600",
-    "DROP_HOLD": "300",
-    "INVENTORY_TOKEN_FILE": "",
-    "INVENTORY_CA_FILE": "",
-    "WEB_CONFIG_FILE": "",
-    "WEB_MAX_CONNECTIONS": "512",
-    "SOURCES_FILE": "",
-    "LOG_FORMAT": "json",
-    "LOG_LEVEL": "info",
-}
+# Each variable's default as text (a view of the table, for help texts, docs checks and deployment tests).
+DEFAULTS: Mapping[str, str] = {o.env: o.default for o in OPTIONS}
+
+
+def _default(env: str) -> Any:
+    """The typed default of a Settings field: the table's default text, parsed (so it is written once)."""
+    opt = _BY_ENV[env]
+    return opt.parse(opt.default)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, typed; the defaults come from OPTIONS (sources have none: a run needs an inventory)."""
+
+    sources: tuple[Source, ...]
+    update_interval: float = _default("UPDATE_INTERVAL")
+    targets_file: Path | None = _default("TARGETS_FILE")
+    metrics_port: int = _default("METRICS_PORT")
+    metrics_path: str = _default("METRICS_PATH")
+    target_labels: tuple[tuple[str, str], ...] = _default("TARGET_LABELS")
+    listen_address: ListenAddress = _default("LISTEN_ADDRESS")
+    request_timeout: float = _default("REQUEST_TIMEOUT")
+    max_response_bytes: int = _default("MAX_RESPONSE_BYTES")
+    max_drop_ratio: float = _default("MAX_DROP_RATIO")
+    drop_confirmations: int = _default("DROP_CONFIRMATIONS")
+    drop_window: float = _default("DROP_WINDOW")
+    drop_hold: float = _default("DROP_HOLD")
+    inventory_token_file: Path | None = _default("INVENTORY_TOKEN_FILE")
+    inventory_ca_file: Path | None = _default("INVENTORY_CA_FILE")
+    web_config: WebConfig | None = _default("WEB_CONFIG_FILE")  # parsed once; its TLS context built once
+    web_max_connections: int = _default("WEB_MAX_CONNECTIONS")
+    log_format: str = _default("LOG_FORMAT")
+    log_level: str = _default("LOG_LEVEL")
+    sources_file: Path | None = _default("SOURCES_FILE")
+
+    @property
+    def web_config_file(self) -> Path | None:
+        return self.web_config.path if self.web_config is not None else None
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--flag` per variable; unset flags stay None so the environment applies."""
     for opt in OPTIONS:
         parser.add_argument(opt.flag, *_FLAG_ALIASES.get(opt.env, ()), dest=opt.field, default=None, metavar=opt.env,
-                            help=f"{opt.help} (env {opt.env}, default {DEFAULTS[opt.env]!r})")
+                            help=f"{opt.help} (env {opt.env}, default {opt.default!r})")
 
 
 def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from flags (winning) over environment over defaults."""
+    """Build Settings from flags (winning) over environment over defaults.
+
+    SOURCES_FILE is read first, since it decides what INVENTORY_URL means: with a sources file, INVENTORY_URL is
+    not read at all, only required to be empty (a compose override or a ConfigMap can empty a variable, not
+    remove it); without one, INVENTORY_URL is the sources.
+    """
     flags = flags or {}
     environ = os.environ if environ is None else environ
+    sources_file: Path | None = _parse(_BY_ENV["SOURCES_FILE"], flags, environ)
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        raw = flags.get(opt.field)
-        name = _named(opt, flags)
-        if raw is None:
-            raw = environ.get(opt.env, DEFAULTS[opt.env])
-        if opt.env == "INVENTORY_URL" and not raw and (flags.get("sources_file") or environ.get("SOURCES_FILE")):
-            values[opt.field] = ()  # set empty to give way to SOURCES_FILE (as a compose override can only do)
+        if opt.field == "sources" and sources_file is not None:
+            if flags.get(opt.field) or environ.get(opt.env):  # its default does not count
+                raise ConfigError(_named(_BY_ENV["SOURCES_FILE"], flags), str(sources_file),
+                                  "not together with INVENTORY_URL; list every inventory in the sources file instead")
             continue
-        try:
-            values[opt.field] = opt.parse(raw)
-        except ValueError as exc:
-            shown = redact_raw_sources(raw) if opt.env == "INVENTORY_URL" else raw
-            raise ConfigError(name, shown, str(exc)) from None
-    if values["sources_file"] is not None:
-        _use_sources_file(values, flags, environ)
+        values[opt.field] = sources_file if opt.field == "sources_file" else _parse(opt, flags, environ)
+    if sources_file is not None:
+        values["sources"] = _read_sources_file(sources_file, flags)
     if values["inventory_token_file"] is not None:
         with_credentials = [s.name for s in values["sources"] if urlsplit(s.url).username is not None]
         if with_credentials:  # aiohttp refuses both; Prometheus too allows only one of basic auth and a token
@@ -417,23 +389,33 @@ def load(flags: Mapping[str, str | None] | None = None, environ: Mapping[str, st
     return Settings(**values)
 
 
+def _raw(opt: _Option, flags: Mapping[str, str | None], environ: Mapping[str, str]) -> str:
+    """The variable's text: the flag, else the environment, else the default."""
+    raw = flags.get(opt.field)
+    return raw if raw is not None else environ.get(opt.env, opt.default)
+
+
+def _parse(opt: _Option, flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Any:
+    raw = _raw(opt, flags, environ)
+    try:
+        return opt.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(_named(opt, flags), opt.shown(raw), str(exc)) from None
+
+
 def _named(opt: _Option, flags: Mapping[str, str | None]) -> str:
     """How an error names the setting: with its flag when the value came from one."""
     return f"{opt.env} ({opt.flag})" if flags.get(opt.field) is not None else opt.env
 
 
-def _use_sources_file(values: dict[str, Any], flags: Mapping[str, str | None], environ: Mapping[str, str]) -> None:
-    """Replace the sources by those of SOURCES_FILE; an INVENTORY_URL given as well is a conflict."""
+def _read_sources_file(path: Path, flags: Mapping[str, str | None]) -> tuple[Source, ...]:
+    """The sources SOURCES_FILE lists; its errors are named after SOURCES_FILE (and its flag)."""
     from sensor_sd import sources  # the file's own parser and checks
 
-    name = _named(next(o for o in OPTIONS if o.env == "SOURCES_FILE"), flags)
-    if flags.get("sources") is not None or environ.get("INVENTORY_URL"):
-        raise ConfigError(name, str(values["sources_file"]),
-                          "not together with INVENTORY_URL; list every inventory in the sources file instead")
     try:
-        values["sources"] = sources.read(values["sources_file"]).sources
+        return sources.read(path).sources
     except ConfigError as exc:
-        raise ConfigError(name, exc.value, exc.allowed) from None
+        raise ConfigError(_named(_BY_ENV["SOURCES_FILE"], flags), exc.value, exc.allowed) from None
 
 
 # Shared with sensor_sd.sources, which validates the same names and URLs in a file.

@@ -41,6 +41,18 @@ class Decision:
     drop: bool = False  # a large drop (applied only once confirmed)
     since: float | None = None  # first sighting of the held list
     release: float | None = None  # earliest time it may be applied (since + DROP_HOLD)
+    needed: int = 0  # sightings a large drop needs (DROP_CONFIRMATIONS); 0 when not a drop
+    hold: float = 0.0  # seconds a large drop must be seen before it applies (DROP_HOLD)
+
+    @property
+    def held(self) -> bool:
+        """A large drop the guard holds back (for now)."""
+        return self.drop and not self.apply
+
+    @property
+    def waits_for_time(self) -> bool:
+        """Held although seen often enough: only DROP_HOLD's time is missing (the polls alone would apply it)."""
+        return self.held and self.seen >= self.needed and self.hold > 0
 
 
 class DropGuard:
@@ -91,7 +103,8 @@ class DropGuard:
         seen = self._seen + 1 if repeat else 1
         since = self._since if repeat else now
         confirmed = seen >= self.confirmations and now - since >= self.hold
-        return Decision(confirmed, removed, seen, baseline, True, since, since + self.hold)
+        return Decision(confirmed, removed, seen, baseline, True, since, since + self.hold, self.confirmations,
+                        self.hold)
 
     def check(self, current: tuple[str, ...] | None, new: tuple[str, ...], removed: int, now: float) -> Decision:
         """Decide whether `new` may replace `current` (which it would shrink by `removed`) and remember it."""

@@ -7,7 +7,8 @@ SIGHUP and when it changes. The whole file is validated before anything is
 used: an invalid file is refused as a whole with one line naming the entry
 and the field, and the running set stays.
 
-The format (JSON is accepted anywhere; YAML needs PyYAML, an optional extra)::
+The format (JSON is accepted anywhere; YAML needs PyYAML, an optional extra, and is read as strictly as
+the web config: `checks.yaml_document`)::
 
     sources:
       - name: store7
@@ -24,14 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor_sd.config import LABEL_NAME_RE, SOURCE_NAME_RE, Source, check_url
+from sensor_sd import checks
+from sensor_sd.config import SOURCE_NAME_RE, Source, check_url
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
@@ -130,14 +131,10 @@ def _load(path: Path, data: bytes) -> Any:
             if path.suffix.lower() == ".json":
                 raise SourcesFileError(path, "", f"valid JSON ({_first_line(exc)})") from None
     try:
-        import yaml
+        return checks.yaml_document(text)
     except ImportError:
         raise SourcesFileError(path, "", "JSON (YAML needs PyYAML: pip install 'sensor-sd[yaml]')") from None
-    try:
-        return yaml.load(text, Loader=_unique_key_loader(yaml))  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise SourcesFileError(path, "", f"valid YAML ({_first_line(exc)})") from None
-    except ValueError as exc:  # a duplicate key
+    except ValueError as exc:  # not YAML, or a key given twice
         raise SourcesFileError(path, "", str(exc)) from None
 
 
@@ -152,22 +149,6 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
-
-
-def _unique_key_loader(yaml: Any) -> type:
-    """A SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            keys: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, str) and key in keys:
-                    raise ValueError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-                keys.add(key if isinstance(key, str) else repr(key))
-            return super().construct_mapping(node, deep)
-
-    return Loader
 
 
 def _source(path: Path, index: int, entry: object) -> Source:
@@ -211,15 +192,10 @@ def _labels(path: Path, where: str, labels: object) -> tuple[tuple[str, str], ..
         raise SourcesFileError(path, where, "labels: a mapping of label name to string value")
     out: dict[str, str] = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_NAME_RE.fullmatch(key):
-            raise SourcesFileError(path, where, f"labels: {_shown(key)} is not a Prometheus label name "
-                                                "([a-zA-Z_][a-zA-Z0-9_]*)")
-        if key.startswith("__"):
-            raise SourcesFileError(path, where, f"labels: {key!r} is reserved (names starting with __ are "
-                                                "Prometheus' own)")
-        if key == "source":
-            raise SourcesFileError(path, where, "labels: 'source' is set from the name")
-        if not isinstance(value, str) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = checks.label_name_problem(key)
+        if problem:
+            raise SourcesFileError(path, where, f"labels: {_shown(key)} {problem}")
+        if not isinstance(value, str) or checks.CONTROL_RE.search(value):
             raise SourcesFileError(path, where, f"labels: {key}={_shown(value)} is not a string without control "
                                                 "characters (quote numbers: \"7\")")
         out[key] = value
@@ -246,13 +222,11 @@ def _file(path: Path, where: str, key: str, value: object) -> Path | None:
 def _interval(path: Path, where: str, value: object) -> float | None:
     if value is None:
         return None
-    allowed = f"interval: {_shown(value)} is not a number of seconds from {_MIN_INTERVAL:g} to {_MAX_INTERVAL:g}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SourcesFileError(path, where, allowed)
-    number = float(value)
-    if not math.isfinite(number) or not _MIN_INTERVAL <= number <= _MAX_INTERVAL:
-        raise SourcesFileError(path, where, allowed)
-    return number
+    try:
+        return checks.number(value, "interval", _MIN_INTERVAL, _MAX_INTERVAL)
+    except ValueError:
+        raise SourcesFileError(path, where, f"interval: {_shown(value)} is not a number of seconds from "
+                                            f"{_MIN_INTERVAL:g} to {_MAX_INTERVAL:g}") from None
 
 
 def _redacted(url: str) -> str:

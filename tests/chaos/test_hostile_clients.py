@@ -35,6 +35,7 @@ BIG_HEADERS = 50
 MAX_RSS_GROWTH_KB = 10 * 1024
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 PHASES: list[tuple[str, int, int]] = []  # (phase, fds, RSS kB) after each hostile phase
+SLOWEST: list[float] = []  # the probe's slowest /-/healthy answer in each phase
 
 
 def proc_stats(pid: int) -> tuple[int, int]:
@@ -121,6 +122,7 @@ def with_probe(work: Callable[[], Awaitable[None]], probe: Probe) -> None:
     finally:
         stop.set()
         thread.join(10)
+        SLOWEST.append(probe.slowest)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +310,8 @@ def test_no_fd_leak_and_bounded_memory(sd: Stack, baseline: tuple[int, int]) -> 
         time.sleep(0.2)
     fds, rss = proc_stats(pid)
     summary = {"fds_baseline": fds0, "fds_after": fds, "rss_kb_baseline": rss0, "rss_kb_after": rss,
-               "connections": SLOWLORIS + BIG_HEADERS + CONCURRENT + 3 * len(MALFORMED), "phases": PHASES}
+               "connections": SLOWLORIS + BIG_HEADERS + CONCURRENT + 3 * len(MALFORMED), "phases": PHASES,
+               "healthy_slowest_s": max(SLOWEST, default=0.0)}
     (Path(sd.cfg.workdir) / "hostile-figures.json").write_text(json.dumps(summary))
     print(summary)
     assert rss - rss0 < MAX_RSS_GROWTH_KB, summary

@@ -13,11 +13,16 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sensor_sd import checks
+from sensor_sd.checks import type_name  # the one type-name helper, shared with the settings and the web config
+
+_N = TypeVar("_N", int, float)
 
 # Client bodies up to this size are accepted by the admin APIs: a PUT of a
 # million-name inventory is ~15 MB, far above aiohttp's 1 MiB default.
@@ -59,43 +64,22 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def type_name(value: Any) -> str:
-    """JSON type name of a decoded value, for error messages a client understands."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def get_int(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     """An integer field in [lo, hi]; booleans and floats are rejected, not coerced."""
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AdminError(f"{key!r} must be an integer, got {type_name(value)}")
-    if not lo <= value <= hi:
-        raise AdminError(f"{key!r} must be between {lo} and {hi}, got {value}")
-    return value
+    try:
+        value = checks.integer(body.get(key), repr(key), lo, hi)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    return default if value is None else value
 
 
 def get_number(body: dict[str, Any], key: str, default: float | None, lo: float, hi: float) -> float | None:
-    """A number field in [lo, hi] (ints accepted, booleans and NaN rejected)."""
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AdminError(f"{key!r} must be a number, got {type_name(value)}")
-    if not lo <= value <= hi:  # NaN fails this too
-        raise AdminError(f"{key!r} must be between {lo} and {hi}, got {value}")
-    return float(value)
+    """A number field in [lo, hi] (ints accepted, booleans, NaN and infinities rejected)."""
+    try:
+        value = checks.number(body.get(key), repr(key), lo, hi)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    return default if value is None else value
 
 
 def get_str_list(body: dict[str, Any], key: str, max_len: int = 10_000_000) -> list[str] | None:
@@ -201,39 +185,25 @@ def url_host(host: str, port: int) -> str:
 # -- argparse value types shared by the simulators' flags -------------------
 
 
-def count_arg(text: str) -> int:
-    """A non-negative integer flag value."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+def _flag(parse: Callable[[str], _N]) -> Callable[[str], _N]:
+    """An argparse type from a parser of sensor_sd.checks: the same number grammar as every variable of the SD."""
+    def flag(text: str) -> _N:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected {exc}, got {text!r}") from None
+
+    return flag
 
 
-def port_arg(text: str) -> int:
-    """A port flag value; 0 asks the kernel for an ephemeral port."""
-    value = count_arg(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
-    return value
+count_arg = _flag(checks.whole(0, 10**12))  # a non-negative integer flag value
+port_arg = _flag(checks.whole(0, 65535))  # a port flag value; 0 asks the kernel for an ephemeral port
+_SECONDS_MAX = 10.0**9
 
 
 def seconds_arg(*, allow_zero: bool) -> Callable[[str], float]:
-    """A finite number of seconds, > 0 (or >= 0 with allow_zero)."""
-    word = "non-negative" if allow_zero else "positive"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a {word} number of seconds, got {text!r}")
-        return value
-
-    return parse
+    """A number of seconds, > 0 (or >= 0 with allow_zero)."""
+    return _flag(checks.decimal(0, _SECONDS_MAX, open_min=not allow_zero))
 
 
 def module_main(prog: str, doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],

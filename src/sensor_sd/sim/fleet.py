@@ -35,6 +35,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sensor_sd.checks import type_name
 from sensor_sd.sim._common import (
     add_common_routes,
     module_main,
@@ -50,7 +51,6 @@ from sensor_sd.sim._common import (
     read_json,
     require_object,
     serve_forever,
-    type_name,
     url_host,
 )
 
@@ -250,7 +250,7 @@ async def _dispatch(request: web.Request, handler: Callable[[web.Request], Await
 def _parse_inventory(body: bytes, default_port: int) -> frozenset[tuple[str, int]]:
     data = orjson.loads(body)
     if not isinstance(data, list):
-        raise ValueError(f"inventory is a JSON {type_name(data)}, not an array")
+        raise ValueError(f"inventory is {type_name(data)}, not a list")
     return frozenset(normalize_host(x, default_port) for x in data if isinstance(x, str) and x)
 
 

@@ -55,6 +55,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sensor_sd.checks import type_name
 from sensor_sd.sim._common import (
     add_common_routes,
     count_arg,
@@ -72,7 +73,6 @@ from sensor_sd.sim._common import (
     read_json,
     require_object,
     serve_forever,
-    type_name,
     url_host,
 )
 

@@ -1,31 +1,24 @@
-"""WEB_CONFIG_FILE: the exporter-toolkit format, hostile files, and basic auth on a live loopback server."""
+"""sensor_sd.web.config and web.tls: the exporter-toolkit format, hostile files, the TLS context, and the parsed
+file carried by Settings."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import pytest
-import requests
 import trustme
 from aiohttp import web
 
-from sensor_sd import webconfig
-from sensor_sd.sim._common import start_app
-from sensor_sd.sim.stack import wait_until
-from sensor_sd.webconfig import BASIC_AUTH, BasicAuth, install, load_web_config
+from sensor_sd import config
+from sensor_sd.web.auth import BASIC_AUTH, BasicAuth, install
+from sensor_sd.web.config import load as load_web_config
+from sensor_sd.web.tls import tls_context
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
-SLOW_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode()  # ~60 ms a check, as in production
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +86,41 @@ def test_inline_cert_and_key(tls_dir: Path) -> None:
     indent = lambda text: "\n".join("    " + line for line in text.splitlines())  # noqa: E731
     path = write(tls_dir, f"tls_server_config:\n  cert: |\n{indent(cert)}\n  key: |\n{indent(key)}\n")
     cfg = load_web_config(path)
-    assert webconfig.tls_context(cfg.tls) is not None  # type: ignore[arg-type]
+    assert cfg.tls is not None and tls_context(cfg.tls) is not None and cfg.ssl_context is not None
+
+
+def test_settings_carry_the_web_config_parsed_once_with_its_tls_context(tls_dir: Path) -> None:
+    """config.load parses the file and builds the TLS context; the server side reads no file again."""
+    path = write(tls_dir, f"tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+                          f"basic_auth_users:\n  prometheus: {HASH}\n")
+    settings = config.load({}, {"WEB_CONFIG_FILE": str(path)})
+    web_config = settings.web_config
+    assert web_config is not None and web_config.path == path and settings.web_config_file == path
+    assert web_config.users == (("prometheus", HASH),) and web_config.ssl_context is not None
+    for name in ("web.yml", "cert.pem", "key.pem"):  # what a second load or a second TLS context would read
+        (tls_dir / name).unlink()
+    app = web.Application()
+    install(app, web_config)
+    assert isinstance(app[BASIC_AUTH], BasicAuth)
+
+
+def test_settings_repr_shows_no_hash_or_private_key(tls_dir: Path) -> None:
+    """Settings now carry the parsed file: a repr of them (a debugger, a log line) must not carry its secrets."""
+    key = (tls_dir / "key.pem").read_text()
+    indent = "\n".join("    " + line for line in key.splitlines())
+    path = write(tls_dir, f"tls_server_config:\n  cert_file: cert.pem\n  key: |\n{indent}\n"
+                          f"basic_auth_users:\n  prometheus: {HASH}\n")
+    shown = repr(config.load({}, {"WEB_CONFIG_FILE": str(path)}))
+    assert "web.yml" in shown and HASH not in shown and "PRIVATE KEY" not in shown
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "tls_server_config:\nbasic_auth_users:\n"])
 def test_empty_config_means_plain_http_without_auth(tmp_path: Path, text: str) -> None:
     cfg = load_web_config(write(tmp_path, text))
-    assert cfg.tls is None and cfg.users == ()
-    assert install(web.Application(), cfg) is None
+    assert cfg.tls is None and cfg.users == () and cfg.ssl_context is None
+    app = web.Application()
+    install(app, cfg)
+    assert not app.middlewares and BASIC_AUTH not in app
 
 
 HOSTILE = [
@@ -191,97 +211,3 @@ def test_run_with_bad_web_config_exits_2_naming_it(tmp_path: Path, via_flag: boo
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "WEB_CONFIG_FILE" in lines[0] and "not a bcrypt hash" in lines[0]
     assert proc.stdout == ""
-
-
-# --- basic auth -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("header", [None, "", "Bearer abc", "Basic", "Basic !!!notbase64",
-                                    "Basic " + base64.b64encode(b"no-colon").decode(),
-                                    "Basic " + base64.b64encode(b"\xff\xfe:x").decode()])
-def test_malformed_authorization_headers_are_no_credentials(header: str | None) -> None:
-    assert BasicAuth.credentials(header) is None
-
-
-def _basic(user: str, password: str | bytes) -> str:
-    raw = password if isinstance(password, bytes) else password.encode()
-    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
-
-
-def test_basic_auth_checks() -> None:
-    async def main() -> list[bool]:
-        auth = BasicAuth((("alice", HASH),))
-        return [await auth.check(_basic("alice", "s3cret")), await auth.check(_basic("alice", "s3cret")),
-                await auth.check(_basic("alice", "wrong")), await auth.check(_basic("bob", "s3cret")),
-                await auth.check(_basic("alice", "x" * 100)), await auth.check(_basic("alice", "s3cret\x00")),
-                await auth.check("basic " + base64.b64encode(b"alice:s3cret").decode())]
-
-    assert asyncio.run(main()) == [True, True, False, False, False, False, True]
-
-
-@dataclass(frozen=True)
-class AuthServer:
-    url: str
-    auth: BasicAuth  # the app's own checker: how many checks are in flight
-
-
-@pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
-    """A tiny app behind install(): basic auth, /-/healthy opened for probes, one extra header."""
-    path = write(tmp_path, f"basic_auth_users:\n  alice: {SLOW_HASH}\nsensor_sd:\n  unauthenticated_paths: [/-/healthy]\n"
-                           "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
-    app = web.Application()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app.router.add_get("/-/healthy", ok)
-    app.router.add_get("/-/ready", ok)
-    app.router.add_get("/targets", ok)
-    app.router.add_post("/-/refresh", ok)
-    assert install(app, load_web_config(path)) is None
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, port = asyncio.run_coroutine_threadsafe(start_app(app, "127.0.0.1", 0), loop).result(10)
-    try:
-        yield AuthServer(f"http://127.0.0.1:{port}", app[BASIC_AUTH])
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-def test_auth_middleware_on_a_live_server(auth_server: AuthServer) -> None:
-    url = auth_server.url
-    good = {"Authorization": _basic("alice", "s3cret")}
-    bad = {"Authorization": _basic("alice", "nope")}
-    assert requests.get(f"{url}/-/healthy", timeout=5).status_code == 200  # opened for probes
-    assert requests.post(f"{url}/-/healthy", timeout=5).status_code in (401, 405)
-    for path in ("/targets", "/-/ready", "/nope"):
-        r = requests.get(f"{url}{path}", timeout=5)
-        assert r.status_code == 401, path
-        assert r.headers["WWW-Authenticate"].startswith("Basic")
-        assert requests.get(f"{url}{path}", headers=bad, timeout=5).status_code == 401
-    r = requests.get(f"{url}/targets", headers=good, timeout=5)
-    assert r.status_code == 200 and r.headers["X-Frame-Options"] == "deny"
-    assert requests.post(f"{url}/-/refresh", timeout=5).status_code == 401
-    assert requests.post(f"{url}/-/refresh", headers=good, timeout=5).status_code == 200
-    assert requests.get(f"{url}/nope", headers=good, timeout=5).status_code == 404
-
-
-def test_wrong_passwords_do_not_block_the_loop(auth_server: AuthServer) -> None:
-    """bcrypt runs in threads: /-/healthy answers quickly during a burst of bad passwords."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    bad = {"Authorization": _basic("alice", "nope")}
-    clients = 16
-    with ThreadPoolExecutor(clients) as pool:
-        burst = [pool.submit(requests.get, f"{auth_server.url}/targets", headers=bad, timeout=10) for _ in range(32)]
-        # The probe is only meaningful while every client's check queues for or runs bcrypt.
-        wait_until(lambda: auth_server.auth.in_flight >= clients, 10, f"{clients} checks in flight", 0.001)
-        started = time.monotonic()
-        assert requests.get(f"{auth_server.url}/-/healthy", timeout=5).status_code == 200
-        assert time.monotonic() - started < 0.3
-        assert all(f.result().status_code == 401 for f in burst)
