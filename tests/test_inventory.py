@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import ssl
+import sys
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from sensor_sd import config
 from sensor_sd.config import Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, StatusError
-from sensor_sd.inventory import Client, Validators, parse_body
+from sensor_sd.inventory import Client, OneShotClient, Validators, parse_body
 
 
 @pytest.mark.parametrize("body", [b"", b"[", b'{"a": 1}', b'"x"', b"1", b"null", b"\xff\xfe[]", b'["\xff"]',
@@ -29,6 +31,13 @@ def test_parse_body_rejects_non_arrays_whole(body: bytes) -> None:
 
 def test_parse_body_accepts_any_array() -> None:
     assert parse_body(b'["a", 1, null]') == ["a", 1, None]
+
+
+@pytest.fixture(autouse=True, params=[Client, OneShotClient], ids=["aiohttp", "one-shot"])
+def client_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type[Client]:
+    """Every test here runs against both clients: the daemon's (aiohttp) and `once`/`check`'s (http.client)."""
+    monkeypatch.setattr(sys.modules[__name__], "Client", request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -135,6 +144,83 @@ def test_bearer_token_is_sent_and_reread(tmp_path: Path) -> None:
 
     serve(handler, test)
     assert seen == ["Bearer first-token", "Bearer second-token"]
+
+
+def test_user_and_password_in_the_url_are_sent_as_basic_auth() -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(body=b"[]")
+
+    async def test(url: str, server: TestServer) -> None:
+        with_user = url.replace("://", "://inv%20user:pa%40ss@")
+        async with Client(settings(with_user)) as client:
+            await client.fetch(Source("inv", with_user), Validators())
+
+    serve(handler, test)
+    assert seen == ["Basic " + base64.b64encode(b"inv user:pa@ss").decode()]
+
+
+def test_a_token_with_a_line_break_fails_the_poll_without_echoing_it(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc\nsecret-token-value\n")
+
+    async def handler(request: web.Request) -> web.Response:
+        raise AssertionError("no request may be sent")
+
+    async def test(url: str, server: TestServer) -> None:
+        async with Client(settings(url, INVENTORY_TOKEN_FILE=str(token))) as client:
+            with pytest.raises(FetchError) as info:
+                await client.fetch(Source("inv", url), Validators())
+        assert str(info.value) == "cannot send INVENTORY_TOKEN_FILE: the token holds a line break or another control " \
+            "character", info.value
+
+    serve(handler, test)
+
+
+def test_redirects_are_followed_and_the_token_stays_with_its_origin(tmp_path: Path) -> None:
+    """Four redirects are followed, a fifth fails the poll; the bearer token goes to the inventory's
+    origin only, not to another host."""
+    token = tmp_path / "token"
+    token.write_text("secret-token")
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async def record(request: web.Request) -> web.Response:
+            seen.append((request.path, request.headers.get("Authorization", "")))
+            return web.Response(body=b'["moved_sensor"]')
+
+        other_app = web.Application()
+        other_app.router.add_get("/inventory", record)
+        other = TestServer(other_app, host="127.0.0.1")
+        await other.start_server()
+
+        async def hop(request: web.Request) -> web.Response:
+            seen.append((request.path, request.headers.get("Authorization", "")))
+            n = int(request.match_info["n"])
+            if n == 0:
+                raise web.HTTPFound(f"http://127.0.0.1:{other.port}/inventory")
+            raise web.HTTPTemporaryRedirect(f"/hop/{n - 1}")
+
+        app = web.Application()
+        app.router.add_get("/hop/{n}", hop)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            base = f"http://127.0.0.1:{server.port}"
+            async with Client(settings(f"{base}/hop/3", INVENTORY_TOKEN_FILE=str(token))) as client:
+                got = await client.fetch(Source("inv", f"{base}/hop/3"), Validators())
+                assert got.body == b'["moved_sensor"]'
+                seen_then = list(seen)
+                with pytest.raises(FetchError, match="^too many redirects$"):
+                    await client.fetch(Source("inv", f"{base}/hop/4"), Validators())
+        finally:
+            await server.close()
+            await other.close()
+        assert seen_then == [(f"/hop/{n}", "Bearer secret-token") for n in (3, 2, 1, 0)] + [("/inventory", "")]
+
+    asyncio.run(main())
 
 
 def test_https_with_ca_file(tmp_path: Path) -> None:

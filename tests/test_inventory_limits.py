@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from sensor_sd import config
-from sensor_sd.inventory import Client
+from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Metrics
 from sensor_sd.poller import PollResult
 from sensor_sd.sync import Discoverer
@@ -98,6 +100,13 @@ class Inventory:
             self.sent += len(BLOCK)
         if await reader.read(1) == b"":  # hold the connection until the client drops it
             self.closed_by_client = True
+
+
+@pytest.fixture(autouse=True, params=[Client, OneShotClient], ids=["aiohttp", "one-shot"])
+def client_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type[Client]:
+    """Every test here runs against both clients: the daemon's (aiohttp) and `once`/`check`'s (http.client)."""
+    monkeypatch.setattr(sys.modules[__name__], "Client", request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
 def settings(port: int, tmp: Path, **env: str) -> config.Settings:

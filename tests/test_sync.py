@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from sensor_sd import config
-from sensor_sd.inventory import Client
+from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Metrics
 from sensor_sd.sim.inventory import make_app
 from sensor_sd.sync import Discoverer
@@ -67,9 +67,10 @@ def run(test: Callable[[Env], Awaitable[None]], tmp_path: Path, **app_kwargs: An
     asyncio.run(main())
 
 
-async def sync_once(env: Env, metrics: Metrics | None = None, **settings: str) -> tuple[Discoverer, list[Any]]:
+async def sync_once(env: Env, metrics: Metrics | None = None, client_class: type[Client] = Client,
+                    **settings: str) -> tuple[Discoverer, list[Any]]:
     s = env.settings(**settings)
-    async with Client(s) as client:
+    async with client_class(s) as client:
         d = Discoverer(s, client, metrics or Metrics(CollectorRegistry()), LOG)
         d.load_file()
         results = await d.poll_all()
@@ -101,13 +102,17 @@ def test_first_poll_publishes_sorted_targets(tmp_path: Path) -> None:
         ("redirect_loop", {}, "unreachable"), ("oversized", {"bytes": 5_000_000}, "too_large"),
     ],
 )
-def test_faults_keep_last_known_good(tmp_path: Path, mode: str, params: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize("client_class", [Client, OneShotClient], ids=["aiohttp", "one-shot"])
+def test_faults_keep_last_known_good(tmp_path: Path, mode: str, params: dict[str, Any], reason: str,
+                                     client_class: type[Client]) -> None:
+    """Both clients: the daemon's and that of `once`/`check`."""
+
     async def t(env: Env) -> None:
         await sync_once(env)
         before = (env.tmp / "targets.json").read_bytes()
         await env.fault(mode, **params)
         metrics = Metrics(CollectorRegistry())
-        d, [r] = await sync_once(env, metrics, MAX_RESPONSE_BYTES="1000000")
+        d, [r] = await sync_once(env, metrics, client_class, MAX_RESPONSE_BYTES="1000000")
         assert (r.result, r.reason) == ("error", reason)
         assert (env.tmp / "targets.json").read_bytes() == before
         assert d.snapshot is not None and d.snapshot.count == 100  # still ready, from the file

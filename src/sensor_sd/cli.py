@@ -7,9 +7,10 @@ one plain-language line saying what happened, what the targets file holds
 and what the exit code means (`--summary` forces it on or off).
 
 `once` and `check` import only what they use: the server, the web package
-(aiohttp's server, bcrypt, PyYAML), prometheus_client and the simulators are imported inside
-the commands that need them, since at 100 hosts importing them cost more
-than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
+(aiohttp's server, bcrypt, PyYAML), prometheus_client and the simulators are
+imported inside the commands that need them, and they fetch with the standard
+library's http.client instead of aiohttp (inventory.OneShotClient, same rules),
+since at 100 hosts importing those cost more than the sync (tests/test_cold_start.py keeps it so; bench/cold_start.py
 measures it).
 """
 
@@ -29,7 +30,7 @@ from sensor_sd import __version__, config, log
 from sensor_sd.config import Settings
 from sensor_sd.errors import ConfigError, PublishError
 from sensor_sd.guard import Decision
-from sensor_sd.inventory import Client
+from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Discarded, Metrics
 from sensor_sd.poller import GOOD, PollResult, Result
 from sensor_sd.sync import Discoverer
@@ -171,7 +172,7 @@ def _raise_nofile_limit(logger: logging.Logger) -> None:
 
 async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summary: bool) -> int:
     before = _file_state(settings.targets_file)
-    async with Client(settings) as client:
+    async with OneShotClient(settings) as client:
         discoverer = Discoverer(settings, client, Discarded(), logger)
         if not _take_file(discoverer, claim=True):
             return EXIT_CONFIG
@@ -187,7 +188,7 @@ async def _once(settings: Settings, logger: logging.Logger, *, force: bool, summ
 async def _check(settings: Settings, logger: logging.Logger, *, summary: bool) -> int:
     """Fetch, validate and ask the guard (a pure query): publishes nothing, logs no sync."""
     before_file = _file_state(settings.targets_file)
-    async with Client(settings) as client:
+    async with OneShotClient(settings) as client:
         discoverer = Discoverer(settings, client, Discarded(), logger)
         if not _take_file(discoverer, claim=False):  # check reads only: no lock, no clean-up
             return EXIT_CONFIG
