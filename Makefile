@@ -19,7 +19,7 @@ run: deps
 test: deps lint
 	$(PY) -m pytest -q -m "not slow"
 
-# The type check of the package (mypy, configured in pyproject.toml).
+# The type check of the package and the local stack (mypy --strict, configured in pyproject.toml).
 lint: venv
 	$(PY) -m mypy
 

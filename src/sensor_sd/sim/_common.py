@@ -12,7 +12,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -98,7 +98,8 @@ def get_str_list(body: dict[str, Any], key: str, max_len: int = 10_000_000) -> l
 
 
 @web.middleware
-async def admin_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+async def admin_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Turn AdminError into 400 JSON so hostile admin input can never crash a handler."""
     try:
         return await handler(request)
