@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterator
@@ -72,6 +73,20 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
 
 T = TypeVar("T")
+
+
+class Records(logging.Handler):
+    """Log records of one test, kept for assertions."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, *needles: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if any(n in r.getMessage() for n in needles)]
 
 
 class LoopThread:

@@ -23,6 +23,7 @@ from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Metrics
 from sensor_sd.sim.inventory import make_app
 from sensor_sd.sync import Discoverer
+from tests.conftest import Records
 
 LOG = logging.getLogger("sensor_sd.test")
 
@@ -310,20 +311,6 @@ def test_run_loop_polls_and_stops(tmp_path: Path) -> None:
 
 
 # --- nothing ends the loop: bounded backoff, the fence, outage logs --------------------------------
-
-
-class Records(logging.Handler):
-    """Log records of one test, kept for assertions."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, *needles: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if any(n in r.getMessage() for n in needles)]
 
 
 def recording_logger(name: str) -> tuple[logging.Logger, Records]:
