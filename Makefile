@@ -19,9 +19,11 @@ run: deps
 test: deps lint
 	$(PY) -m pytest -q -m "not slow"
 
-# The type check of the package and the local stack (mypy --strict, configured in pyproject.toml).
+# The type check of the package and the local stack (mypy --strict) and the linter (ruff), both
+# configured in pyproject.toml.
 lint: venv
 	$(PY) -m mypy
+	$(PY) -m ruff check src localstack tests bench
 
 test-quick: venv
 	$(PY) -m pytest -q -m "not integration and not system and not slow"

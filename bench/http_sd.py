@@ -108,7 +108,7 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
         peer_procs = []
         try:
             ours = f"http://{LOOPBACK}:{port}/targets"
-            wait_until(lambda: http_ok(f"http://{LOOPBACK}:{port}/-/ready"), 60 + n / 10_000, "sensor-sd ready")
+            wait_until(lambda port=port: http_ok(f"http://{LOOPBACK}:{port}/-/ready"), 60 + n / 10_000, "sensor-sd ready")
             status, body = http_get(ours, timeout=30)
             assert status == 200, status
             size = len(body)
@@ -125,7 +125,7 @@ def run(sizes: list[int], conns: list[int], seconds: float, workdir: Path, insta
                                                                 "--cache-dir", str(cache), *flags, str(root)], d / "logs"))
                     theirs[setting] = f"http://{LOOPBACK}:{pport}/targets/"
                 for setting, url in theirs.items():  # warmed up: a 200 with our data before any timing
-                    wait_until(lambda url=url: _peer_ok(url, body), PEER_WARMUP_SECONDS,
+                    wait_until(lambda url=url, body=body: _peer_ok(url, body), PEER_WARMUP_SECONDS,
                                f"prometheus-http-sd ({setting} cache refresh) serving the targets", 0.5)
             for c in conns:
                 a = wrk(ours, c, seconds)

@@ -79,8 +79,8 @@ def run(changes: int, gap: tuple[float, float], workdir: Path, slow_interval: st
                 LISTEN_ADDRESS=f"{LOOPBACK}:{port}"))
             procs.append(proc)
             sds[mode] = (proc, port, path)
-        for mode, (proc, port, _) in sds.items():
-            wait_until(lambda: http_ok(f"http://{LOOPBACK}:{port}/-/ready"), 30, f"sensor-sd {mode} ready")
+        for mode, (_, port, _) in sds.items():
+            wait_until(lambda port=port: http_ok(f"http://{LOOPBACK}:{port}/-/ready"), 30, f"sensor-sd {mode} ready")
         config = d / "prometheus.yml"
         config.write_text(json.dumps(_prometheus_config({m: sds[m][2] for m in ("file30", "file1", "refresh")},
                                                         f"http://{LOOPBACK}:{sds['file1'][1]}/targets"), indent=1))

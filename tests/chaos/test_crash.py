@@ -132,7 +132,7 @@ def _torture(t: Torture, kills: int, budget: float) -> None:
             if rng.random() < 0.25:  # some kills during start-up (loading the file, first poll)
                 time.sleep(rng.uniform(0, 0.5))  # the random kill moment itself
             else:
-                wait_until(lambda: proc.popen.poll() is not None or http_ok(healthy), 30, "sensor-sd up")
+                wait_until(lambda proc=proc: proc.popen.poll() is not None or http_ok(healthy), 30, "sensor-sd up")
                 assert proc.alive(), f"sensor-sd exited with {proc.popen.returncode}:\n{proc.tail()}"
                 time.sleep(rng.uniform(0, 0.3))  # the random kill moment itself
         finally:

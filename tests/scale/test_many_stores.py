@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from sensor_sd.inventory import MAX_IN_FLIGHT
-from localstack.engines import all_targets, metric_samples, scrape_metrics, sd_targets, start_inventory, start_sd, url
+from localstack.engines import all_targets, metric_samples, scrape_metrics, start_inventory, start_sd, url
 from localstack.procs import Procs
 from sensor_sd.sim.inventory import store_names
 from localstack.net import admin_call, wait_until

@@ -87,7 +87,7 @@ def test_change_updates_validators_even_within_one_second(inv: Any) -> None:
     requests.post(f"{inv.url}/admin/sensors/add", json={"count": 1}, timeout=5).raise_for_status()
     third = requests.get(f"{inv.url}/inventory", timeout=5)
     assert len({first.headers["ETag"], second.headers["ETag"], third.headers["ETag"]}) == 3
-    for old, new in ((first, second), (second, third)):
+    for old, _new in ((first, second), (second, third)):
         r = requests.get(
             f"{inv.url}/inventory",
             headers={"If-None-Match": old.headers["ETag"]},
