@@ -13,8 +13,6 @@ HTML-escaped, and it reloads itself every few seconds.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 import threading
@@ -24,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from sensor_sd.status import page_headers
 
 RELOAD_SECONDS = 5
 MAX_DOWN = 50  # down targets listed by name; the counts cover the rest
@@ -42,15 +42,7 @@ code{font-size:.85em;overflow-wrap:anywhere}
 .up,.inactive{background:var(--ok)}.down,.firing,.active{background:var(--bad)}
 .pending,.suppressed,.unknown,.unprocessed{background:var(--warn)}.error{color:var(--bad)}
 """
-_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
-HEADERS: Mapping[str, str] = {
-    "Content-Type": "text/html; charset=utf-8",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src data:; "
-                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
-}
+HEADERS = page_headers(_STYLE)
 
 
 @dataclass(frozen=True)
