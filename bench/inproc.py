@@ -149,9 +149,9 @@ async def _profile(url: str, targets_file: str, out: str) -> dict[str, object]:
     stats = pstats.Stats(out)
     wanted = {
         "fetch (aiohttp GET + capped read)": ("inventory.py", "fetch"),
-        "validate_body (decode, checks, split)": ("targets.py", "validate_body"),
-        "  sort + dedup check + tuple": ("targets.py", "sorted_unique"),
-        "diff (block merge against previous)": ("sync.py", "diff"),
+        "validate_body (decode, checks, split)": ("decode.py", "validate_body"),
+        "  sort + dedup check + tuple": ("decode.py", "sorted_unique"),
+        "diff (block merge against previous)": ("poller.py", "diff"),
         "Snapshot.build (render + etag)": ("targets.py", "build"),
         "  render (orjson.dumps)": ("targets.py", "render"),
         "write_atomic (write, fsync, rename, fsync dir)": ("publish.py", "write_atomic"),

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestServer
 from sensor_sd import config
 from sensor_sd.config import Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, StatusError
-from sensor_sd.inventory import Client, OneShotClient, Validators, parse_body
+from sensor_sd.decode import parse_body
+from sensor_sd.inventory import Client, OneShotClient, Validators
 
 
 @pytest.mark.parametrize("body", [b"", b"[", b'{"a": 1}', b'"x"', b"1", b"null", b"\xff\xfe[]", b'["\xff"]',

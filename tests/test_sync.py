@@ -373,7 +373,7 @@ def test_an_internal_fault_fails_the_poll_not_the_loop(tmp_path: Path, monkeypat
         def broken(box: list[bytes], port: int) -> None:
             raise ZeroDivisionError("a bug of ours\nover two lines")
 
-        monkeypatch.setattr(sensor_sd.poller, "validate_body", broken)
+        monkeypatch.setattr(sensor_sd.poller, "decode", broken)
         s = env.settings(UPDATE_INTERVAL="0.01")
         metrics = Metrics(CollectorRegistry())
         logger, records = recording_logger("fence")

@@ -10,10 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sensor_sd.targets import (
-    REASONS, Snapshot, TargetGroup, group_labels, hashmod, normalize, parse_file, render, shard, validate,
-    validate_body,
-)
+from sensor_sd.decode import REASONS, normalize, validate, validate_body
+from sensor_sd.targets import Snapshot, TargetGroup, group_labels, hashmod, parse_file, render, shard
 
 
 @pytest.mark.parametrize(

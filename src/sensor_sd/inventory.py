@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit
 
-import orjson
 
 from sensor_sd import __version__
 from sensor_sd.config import Settings, Source
@@ -56,17 +55,6 @@ class Response:
 
     body: bytes | None
     validators: Validators
-
-
-def parse_body(body: bytes) -> list[object]:
-    """The body must be UTF-8 JSON whose top level is an array; entries are checked later."""
-    try:
-        data = orjson.loads(body)  # rejects invalid UTF-8 and invalid JSON as a whole
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"invalid JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise DecodeError(f"JSON is a {type(data).__name__}, not a list")
-    return data
 
 
 class Client:

@@ -17,7 +17,7 @@ from sensor_sd.config import Source
 from sensor_sd.log import event
 from sensor_sd.metrics import Metrics, SourceMetrics
 from sensor_sd.poller import PollResult, Result, describe_fault
-from sensor_sd.targets import Validated
+from sensor_sd.decode import Validated
 
 OUTAGE_REMINDER_SECONDS = 300.0  # while a source fails, one reminder line at most this often
 LOG_NAMES = 10  # target names per log line; the counts are exact

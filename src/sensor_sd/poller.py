@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from sensor_sd.config import Source
+from sensor_sd.decode import Validated, decode
 from sensor_sd.errors import InternalError, InventoryError
 from sensor_sd.guard import Decision, DropGuard
-from sensor_sd.inventory import Client, Validators, parse_body
-from sensor_sd.targets import Validated, validate, validate_body
+from sensor_sd.inventory import Client, Validators
 
 _DIFF_BLOCK = 4096
 
@@ -142,9 +142,7 @@ def describe_fault(exc: BaseException) -> str:
 def _validate_and_diff(box: list[bytes], port: int, current: tuple[str, ...] | None
                        ) -> tuple[Validated, tuple[tuple[str, ...], tuple[str, ...]]]:
     """In a worker thread: the body's validated targets and their diff against `current`."""
-    validated = validate_body(box, port)
-    if validated is None:
-        validated = validate(parse_body(box.pop()), port)
+    validated = decode(box, port)
     return validated, diff(current or (), validated.targets)
 
 

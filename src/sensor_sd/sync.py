@@ -30,7 +30,8 @@ from sensor_sd.observe import LOG_NAMES, Observer
 from sensor_sd.poller import GOOD, Poller, PollResult, Result, SourceStatus
 from sensor_sd.publish import FileOutput
 from sensor_sd.store import Change, Store
-from sensor_sd.targets import Snapshot, TargetGroup, group_labels, validate_targets
+from sensor_sd.decode import validate_targets
+from sensor_sd.targets import Snapshot, TargetGroup, group_labels
 
 BACKOFF_MAX_EXPONENT = 30  # 2**30 s is far above any UPDATE_INTERVAL: the cap, not the exponent, decides
 SOURCES_CHECK_SECONDS = 5.0  # how often SOURCES_FILE is stat'ed for a change (or UPDATE_INTERVAL if shorter)

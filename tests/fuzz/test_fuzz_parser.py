@@ -2,8 +2,8 @@
 
 Properties, for any input:
 
-* `inventory.parse_body(bytes)` returns a list or raises `DecodeError`, nothing else;
-* `targets.validate(entries)` never raises; the published targets are exactly
+* `decode.parse_body(bytes)` returns a list or raises `DecodeError`, nothing else;
+* `decode.validate(entries)` never raises; the published targets are exactly
   the ones the oracle below accepts (written from the contract, SPEC §4, not
   from the implementation), sorted, deduplicated; every other entry is counted
   under one of the known reasons;
@@ -29,8 +29,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sensor_sd.errors import DecodeError
-from sensor_sd.inventory import parse_body
-from sensor_sd.targets import REASONS, Snapshot, TargetGroup, parse_file, validate
+from sensor_sd.decode import REASONS, parse_body, validate
+from sensor_sd.targets import Snapshot, TargetGroup, parse_file
 
 PORT = 9100
 

@@ -1,4 +1,4 @@
-"""The raw-body fast path and the merge diff agree with their plain definitions."""
+"""`decode`, its raw-body fast path and the merge diff agree with their plain definitions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pytest
+
+from sensor_sd.decode import decode, validate, validate_body, validate_targets
+from sensor_sd.errors import DecodeError
 from sensor_sd.poller import diff
-from sensor_sd.targets import validate, validate_body, validate_targets
 
 # Mostly hostname characters so the fast path is taken often; the rest makes it bail out.
 names = st.text(alphabet=st.sampled_from("aB9_-.:\"\\é \n"), max_size=12)
@@ -89,3 +92,17 @@ def test_published_targets_fast_path_agrees_with_validate(values: list[object], 
     assert validate_targets(values, port) == validate(values, port)
     same_port = [f"{v}:9100" for v in values if isinstance(v, str)]
     assert validate_targets(same_port, port) == validate(same_port, port)
+
+
+@given(entries)
+def test_decode_is_validate_of_the_parsed_body_and_empties_the_box(values: list[object]) -> None:
+    for body in _bodies(values):
+        box = [body]
+        assert decode(box, 9100) == validate(orjson.loads(body), 9100)
+        assert box == []  # the caller keeps no reference: the bytes go as soon as they are decoded
+
+
+@pytest.mark.parametrize("body", [b"{}", b'"sensor_1"', b"null", b"[", b"\xff[]", b""])
+def test_decode_refuses_a_body_that_is_not_a_json_list(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode([body], 9100)
