@@ -11,20 +11,9 @@ from sensor_sd.guard import Decision
 from sensor_sd.metrics import Metrics
 from sensor_sd.observe import OUTAGE_REMINDER_SECONDS, Observer
 from sensor_sd.poller import PollResult, Result
+from tests.conftest import Records
 
 SOURCE = Source("inv", "http://user:secret@127.0.0.1:1/inventory")
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
 
 
 def observer(now: list[float]) -> tuple[Observer, Metrics, Records]:
@@ -55,7 +44,7 @@ def test_a_dry_run_counts_no_sync_and_logs_none() -> None:
     o.polled(PollResult("inv", Result.SUCCESS, 2, ("a:1", "b:1"), (), request=0.01, answered=5.0, dry_run=True))
     assert value(metrics, "sensor_sd_syncs_total", source="inv", result="success") == 0
     assert value(metrics, "sensor_sd_inventory_up", source="inv") == 1  # the inventory did answer
-    assert records.messages() == []
+    assert [r.getMessage() for r in records.records] == []
 
 
 def test_an_outage_is_one_line_a_reminder_per_period_a_new_reason_once_and_one_recovery() -> None:
