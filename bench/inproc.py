@@ -47,7 +47,7 @@ def _discoverer(url: str, targets_file: str):  # type: ignore[no-untyped-def]
     from sensor_sd import config
     from sensor_sd.inventory import Client
     from sensor_sd.metrics import Metrics
-    from sensor_sd.sync import Discoverer
+    from sensor_sd.scheduler import Discoverer
 
     settings = config.load({}, {"INVENTORY_URL": f"inv={url}", "TARGETS_FILE": targets_file,
                                 "UPDATE_INTERVAL": "30", "REQUEST_TIMEOUT": "120", "LOG_FORMAT": "text",
@@ -154,7 +154,7 @@ async def _profile(url: str, targets_file: str, out: str) -> dict[str, object]:
         "diff (block merge against previous)": ("poller.py", "diff"),
         "Snapshot.build (render + etag)": ("targets.py", "build"),
         "  render (orjson.dumps)": ("targets.py", "render"),
-        "write_atomic (write, fsync, rename, fsync dir)": ("publish.py", "write_atomic"),
+        "write_atomic (write, fsync, rename, fsync dir)": ("publish/file.py", "write_atomic"),
     }
     stages: dict[str, float] = {}
     for label, (fname, func) in wanted.items():

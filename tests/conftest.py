@@ -137,10 +137,11 @@ class ServedSD:
     """sensor-sd's app served in-process over an inventory simulator app, on a LoopThread."""
 
     lt: LoopThread
-    discoverer: Any  # sensor_sd.sync.Discoverer
+    discoverer: Any  # sensor_sd.scheduler.Discoverer
     inventory: Any  # the simulator's aiohttp Application
     inventory_url: str  # http://127.0.0.1:PORT, without a path
     port: int
+    metrics: Any  # sensor_sd.metrics.Metrics: its registry, read without a connection slot
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def serve_sd(loop_thread: LoopThread) -> Callable[..., ServedSD]:
     from sensor_sd.inventory import Client
     from sensor_sd.metrics import Metrics
     from sensor_sd.sim._common import start_app
-    from sensor_sd.sync import Discoverer
+    from sensor_sd.scheduler import Discoverer
 
     def factory(inventory_app: Any, settings_for: Callable[[str], Any], poll: bool = True) -> ServedSD:
         async def setup() -> ServedSD:
@@ -169,7 +170,7 @@ def serve_sd(loop_thread: LoopThread) -> Callable[..., ServedSD]:
                 await discoverer.poll_all()
             runner = await server.start(server.make_app(discoverer.store, settings, discoverer, metrics), settings)
             loop_thread.defer(runner.cleanup)
-            return ServedSD(loop_thread, discoverer, inventory_app, inv_url, runner.addresses[0][1])
+            return ServedSD(loop_thread, discoverer, inventory_app, inv_url, runner.addresses[0][1], metrics)
 
         return loop_thread.run(setup())
 

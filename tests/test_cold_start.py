@@ -22,7 +22,7 @@ import pytest
 # aiohttp's client alone cost more than a 100-host sync (it reads the system CA bundle twice on import):
 # the one-shot commands fetch with http.client.
 NOT_FOR_ONE_SHOT = ("aiohttp", "bcrypt", "yaml", "prometheus_client.exposition", "sensor_sd.server",
-                    "sensor_sd.web", "sensor_sd.status", "sensor_sd.sim", "http.server")
+                    "sensor_sd.web", "sensor_sd.status", "sensor_sd.sim", "sensor_sd.publish.http", "http.server")
 
 # Runs the CLI as `sensor-sd` does, then reports its exit code and every module it imported.
 WRAPPER = ("import json, sys\nfrom sensor_sd.cli import main\nrc = main(sys.argv[1:])\n"
@@ -75,7 +75,7 @@ def test_one_shot_commands_import_only_what_they_use(command: str, inventory_url
     rc, modules, stdout = _modules_of([command], env)
     assert rc == 0
     # The run did its work (so the module list is not that of an early exit) ...
-    assert {"http.client", "sensor_sd.sync", "sensor_sd.publish"} <= set(modules)
+    assert {"http.client", "sensor_sd.scheduler", "sensor_sd.publish.file"} <= set(modules)
     if command == "once":
         assert [t for g in json.loads(target.read_bytes()) for t in g["targets"]] == [
             "sensor_1:9100", "sensor_2:9100", "sensor_3:9100"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sensor_sd import config
-from sensor_sd.config import ListenAddress, Source
+from sensor_sd.config import ListenAddress
+from sensor_sd.sources import Source, redact_url
 from sensor_sd.errors import ConfigError
 
 
@@ -144,7 +145,7 @@ def test_cli_unknown_flag_exits_2() -> None:
     ("http://h/inv", "http://h/inv"),
 ])
 def test_redact_url_hides_credentials_and_query_values(url: str, shown: str) -> None:
-    assert config.redact_url(url) == shown
+    assert redact_url(url) == shown
 
 
 def test_drop_window_and_hold() -> None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sensor_sd import config
-from sensor_sd.config import Source
+from sensor_sd.sources import Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, StatusError
 from sensor_sd.decode import parse_body
 from sensor_sd.inventory import Client, OneShotClient, Validators

@@ -26,7 +26,7 @@ from sensor_sd import config
 from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Metrics
 from sensor_sd.poller import PollResult
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
 
 LOG = logging.getLogger("sensor_sd.test")
 GOOD = b'["sensor_1","sensor_2"]'

@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from sensor_sd.config import Source
+from sensor_sd.sources import Source
 from sensor_sd.guard import Decision
 from sensor_sd.metrics import Metrics
 from sensor_sd.observe import OUTAGE_REMINDER_SECONDS, Observer

@@ -1,11 +1,11 @@
-"""One poll of one source, with the inventory answers scripted (the real HTTP path is tests/test_sync.py)."""
+"""One poll of one source, with the inventory answers scripted (the real HTTP path is tests/test_scheduler.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, cast
 
-from sensor_sd.config import Source
+from sensor_sd.sources import Source
 from sensor_sd.errors import StatusError
 from sensor_sd.guard import DropGuard
 from sensor_sd.inventory import Client, Response, Validators

@@ -21,7 +21,8 @@ import bcrypt
 import pytest
 import requests
 
-from sensor_sd.config import Source, load, redact_url
+from sensor_sd.config import load
+from sensor_sd.sources import Source, redact_url
 from sensor_sd.errors import ConfigError
 from localstack.net import http_get, wait_until
 from localstack.procs import sensor_sd_argv

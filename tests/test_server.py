@@ -22,9 +22,11 @@ import requests
 from aiohttp import web
 
 from sensor_sd import server
-from sensor_sd.config import ListenAddress, Settings, Source
+from sensor_sd.config import ListenAddress, Settings
+from sensor_sd.sources import Source
 from sensor_sd.sim import inventory as inventory_sim
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
+from sensor_sd.web import connections
 from sensor_sd.targets import hashmod
 
 T = TypeVar("T")
@@ -411,7 +413,7 @@ def test_many_idle_connections_do_not_block_healthy(sd: Served) -> None:
         assert r.status_code == 200 and "healthy" in r.text
         # 800 > WEB_MAX_CONNECTIONS (512): the probe waits until a connection that never sent a byte
         # may be displaced (SLOW_REQUEST_SECONDS after it was served), never until they time out.
-        assert time.monotonic() - started < server.SLOW_REQUEST_SECONDS + 1.0
+        assert time.monotonic() - started < connections.SLOW_REQUEST_SECONDS + 1.0
     finally:
         for s in conns:
             s.close()
@@ -450,7 +452,7 @@ def test_unfinished_request_headers_are_closed_after_the_idle_timeout(
 
 def sample(sd: Served, name: str, **labels: str) -> float:
     """A metric of the SD read from its registry (an HTTP scrape would itself take a connection slot)."""
-    value = sd.discoverer._metrics.registry.get_sample_value(name, labels or None)  # noqa: SLF001
+    value = sd.sd.metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else float(value)
 
 
@@ -576,7 +578,7 @@ def test_clients_that_never_read_hold_at_most_one_slice_each(serve_sd: Callable[
 
 def test_a_client_that_never_reads_is_closed_after_the_write_timeout(
         monkeypatch: pytest.MonkeyPatch, serve_sd: Callable[..., Any]) -> None:
-    monkeypatch.setattr(server, "WRITE_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(connections, "WRITE_TIMEOUT_SECONDS", 1.0)
     sd = _serve(serve_sd, poll=False)
     sd.set_inventory([f"sensor_{i}" for i in range(20_000)])
     assert requests.post(sd.url("/-/refresh"), timeout=30).status_code == 200

@@ -11,6 +11,7 @@ import pytest
 
 from sensor_sd import config, sources
 from sensor_sd.errors import ConfigError
+from sensor_sd.sources import Source
 
 
 def write(tmp_path: Path, doc: object, name: str = "sources.json") -> Path:
@@ -41,15 +42,15 @@ def test_json_sources_with_every_field(tmp_path: Path) -> None:
     ]})
     settings = load(path)
     first, second = settings.sources
-    assert first == config.Source("store7", "https://inv.example/7", labels=(("region", "eu-west"), ("store", "7")),
+    assert first == Source("store7", "https://inv.example/7", labels=(("region", "eu-west"), ("store", "7")),
                                   token_file=token, interval=60.0)
-    assert second == config.Source("store8", "http://inv.example/8")
+    assert second == Source("store8", "http://inv.example/8")
     assert settings.sources_file == path
 
 
 def test_yaml_and_a_bare_list(tmp_path: Path) -> None:
     path = write(tmp_path, "- name: a\n  url: http://127.0.0.1:1/inv\n  labels:\n    store: '1'\n", "s.yaml")
-    assert load(path).sources == (config.Source("a", "http://127.0.0.1:1/inv", labels=(("store", "1"),)),)
+    assert load(path).sources == (Source("a", "http://127.0.0.1:1/inv", labels=(("store", "1"),)),)
 
 
 def test_json_works_without_pyyaml(tmp_path: Path) -> None:

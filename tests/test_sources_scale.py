@@ -19,7 +19,7 @@ from localstack.engines import start_inventory, url
 from localstack.procs import Procs
 from localstack.net import LOOPBACK, free_port, wait_until
 from localstack.procs import sensor_sd_argv
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
 
 SOURCES = 20
 

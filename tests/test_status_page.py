@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from sensor_sd import status
-from sensor_sd.config import ListenAddress, Settings, Source, redact_url
+from sensor_sd.config import ListenAddress, Settings
+from sensor_sd.sources import Source, redact_url
 from sensor_sd.sim import inventory as inventory_sim
 from sensor_sd.poller import SourceStatus
 from sensor_sd.store import Change

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sensor_sd.decode import REASONS, normalize, validate, validate_body
-from sensor_sd.targets import Snapshot, TargetGroup, group_labels, hashmod, parse_file, render, shard
+from sensor_sd.targets import Snapshot, TargetGroup, address_hashes, group_labels, hashmod, parse_file, render, shard
 
 
 @pytest.mark.parametrize(
@@ -103,6 +103,15 @@ def test_shards_partition_the_targets() -> None:
     parts = [shard(groups, i, 3)[0].targets for i in range(3)]
     assert sorted(sum(parts, ())) == sorted(targets)
     assert all(hashmod(t, 3) == i for i, part in enumerate(parts) for t in part)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 1000])
+def test_precomputed_hashes_give_the_same_shards(total: int) -> None:
+    groups = [TargetGroup("a", tuple(f"sensor_{i}:9100" for i in range(300)), ()),
+              TargetGroup("b", ("[::1]:9100", "x:1"), (("k", "v"),)), TargetGroup("c", (), ())]
+    hashes = address_hashes(groups)
+    for index in {0, total // 2, total - 1}:
+        assert shard(groups, index, total, hashes) == shard(groups, index, total)
 
 
 # --- property tests: nothing escapes, every published target is valid --------------------------------

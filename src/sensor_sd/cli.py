@@ -33,7 +33,7 @@ from sensor_sd.guard import Decision
 from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Discarded, Metrics
 from sensor_sd.poller import GOOD, PollResult, Result
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
 from sensor_sd.targets import parse_file
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2

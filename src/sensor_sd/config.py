@@ -9,68 +9,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from sensor_sd import checks
+from sensor_sd import checks, sources
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, WEB_CONFIG_LIMIT, UnreadableFile, read_regular
+from sensor_sd.sources import Source
 
 if TYPE_CHECKING:
     from sensor_sd.web.config import WebConfig
 
 _T = TypeVar("_T")
 LABEL_NAME_RE = checks.LABEL_NAME_RE
-_SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 _CONTROL_RE = checks.CONTROL_RE
 SECONDS_RANGE = (0.001, 86400.0)  # UPDATE_INTERVAL, REQUEST_TIMEOUT: a millisecond to a day
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One inventory endpoint; `name` becomes the `source` label."""
-
-    name: str
-    url: str
-    # Set per source by SOURCES_FILE only (sensor_sd.sources); None/empty: the global settings apply.
-    labels: tuple[tuple[str, str], ...] = ()
-    token_file: Path | None = None
-    ca_file: Path | None = None
-    interval: float | None = None
-
-    @property
-    def display_url(self) -> str:
-        """The URL with any user:password removed, safe to log and show."""
-        return redact_url(self.url)
 
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     host: str  # "" means all interfaces
     port: int
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password, query values or fragment: safe to log, show or label.
-
-    Tokens often ride in the query string, so its values are masked too.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{port}" if port else "")
-    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError(allowed);
@@ -86,73 +49,6 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
-
-
-_ENCODE_HINT = "; percent-encode , / ? # @ in user:password"
-
-
-def _sources(text: str) -> tuple[Source, ...]:
-    allowed = "an http(s) URL, or name=url,name=url with names of letters, digits, _ . -"
-    if "@" in text:
-        allowed += _ENCODE_HINT
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise ValueError(allowed)
-    sources: list[Source] = []
-    for item in items:
-        name, sep, url = item.partition("=")
-        if not sep or "://" in name:
-            name, url = "", item
-        elif not name.strip():
-            raise ValueError(f"{allowed}; a name before '=' is never empty")
-        _check_url(url, allowed)
-        if not name:
-            name = urlsplit(url).hostname or ""
-        if not _SOURCE_NAME_RE.fullmatch(name):
-            raise ValueError(allowed)
-        if any(s.name == name for s in sources):
-            raise ValueError(f"distinct source names (duplicate {name!r})")
-        sources.append(Source(name, url))
-    return tuple(sources)
-
-
-def _check_url(url: str, allowed: str) -> None:
-    if _CONTROL_RE.search(url) or " " in url:
-        raise ValueError(allowed)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(allowed) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(allowed)
-    if "@" in url[url.index("://") + 3 + len(parts.netloc):]:
-        # `http://u:12/x@h/`, `http://u:12#x@h/`: an unencoded password, cut at / ? or #, whose tail
-        # would end up in a path, query or fragment (and in logs); no inventory needs an @ there.
-        raise ValueError(f"{allowed} (an @ after the host)")
-
-
-# Where a new item of a raw INVENTORY_URL starts: `,url` or `,name=url`.
-_ITEM_START_RE = re.compile(r",\s*(?:[A-Za-z0-9_.-]*=)?https?://", re.IGNORECASE)
-
-
-def redact_raw_sources(text: str) -> str:
-    """A raw INVENTORY_URL with every user:password masked, for error lines; works on values that do not parse.
-
-    A password may hold unencoded `,` `/` `?` `#` (that is why the value is wrong): in each item the span
-    from `://` (or the item's start) to its last `@` is masked, so whatever precedes the host never shows.
-    """
-    cuts = [0] + [m.start() + 1 for m in _ITEM_START_RE.finditer(text)] + [len(text)]
-    out = []
-    for start, end in zip(cuts, cuts[1:]):
-        item = text[start:end]
-        at = item.rfind("@")
-        if at >= 0:
-            scheme = item.find("://")
-            begin = scheme + 3 if 0 <= scheme < at else item.find("=") + 1 if item.find("=") < at else 0
-            item = item[:begin] + "***" + item[at:]
-        out.append(item)
-    return "".join(out)
 
 
 def _targets_file(text: str) -> Path | None:
@@ -272,8 +168,8 @@ class _Option:
 
 # The one table of variables: adding a variable is one row here, a field in Settings, a row in README.
 OPTIONS: tuple[_Option, ...] = (
-    _Option("INVENTORY_URL", "sources", _sources, "http://inventory_server:1337/inventory",
-            "inventory URL, or name=url,name=url", shown=redact_raw_sources),
+    _Option("INVENTORY_URL", "sources", sources.parse_inventory_url, "http://inventory_server:1337/inventory",
+            "inventory URL, or name=url,name=url", shown=sources.redact_raw),
     _Option("UPDATE_INTERVAL", "update_interval", checks.decimal(*SECONDS_RANGE), "30", "seconds between polls"),
     _Option("TARGETS_FILE", "targets_file", _targets_file, "./data/targets.json",
             "file_sd output file; empty disables it"),
@@ -410,14 +306,8 @@ def _named(opt: _Option, flags: Mapping[str, str | None]) -> str:
 
 def _read_sources_file(path: Path, flags: Mapping[str, str | None]) -> tuple[Source, ...]:
     """The sources SOURCES_FILE lists; its errors are named after SOURCES_FILE (and its flag)."""
-    from sensor_sd import sources  # the file's own parser and checks
-
     try:
         return sources.read(path).sources
     except ConfigError as exc:
         raise ConfigError(_named(_BY_ENV["SOURCES_FILE"], flags), exc.value, exc.allowed) from None
 
-
-# Shared with sensor_sd.sources, which validates the same names and URLs in a file.
-SOURCE_NAME_RE = _SOURCE_NAME_RE
-check_url = _check_url

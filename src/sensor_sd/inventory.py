@@ -27,7 +27,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 
 from sensor_sd import __version__
-from sensor_sd.config import Settings, Source
+from sensor_sd.config import Settings
+from sensor_sd.sources import Source
 from sensor_sd.errors import BodyTooLarge, DecodeError, FetchError, FetchTimeout, InventoryError, StatusError
 from sensor_sd.files import TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 

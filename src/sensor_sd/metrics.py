@@ -18,6 +18,7 @@ from sensor_sd.poller import Result
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+CLOSE_REASONS = ("over_limit", "evicted", "write_timeout")  # why the HTTP server closed a connection
 # Inventory requests take ms to seconds; REQUEST_TIMEOUT caps them.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -145,6 +146,28 @@ class Metrics:
             for values in list(metric._metrics):  # noqa: SLF001
                 if values[at] == source:
                     metric.remove(*values)
+
+
+class HttpMetrics:
+    """The HTTP server's own series, on the process registry: fenced failures and connection bounds."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge
+
+        ns = "sensor_sd"
+        self.internal_errors = Counter("http_internal_errors", "Requests answered 500 because a handler failed "
+                                       "unexpectedly (a bug), by handler.", ["handler"], namespace=ns, registry=registry)
+        self.connections = Gauge("http_connections", "Open connections to the SD's HTTP server.",
+                                 namespace=ns, registry=registry)
+        self.max_connections = Gauge("http_max_connections", "WEB_MAX_CONNECTIONS: the cap on open connections.",
+                                     namespace=ns, registry=registry)
+        self.write_buffered = Gauge("http_write_buffer_bytes", "Answer bytes held in the server's connection buffers "
+                                    "until their clients read them.", namespace=ns, registry=registry)
+        self.closed = Counter("http_connections_closed", "Connections the server closed to stay within its bounds, "
+                              "by reason (over_limit, evicted, write_timeout).", ["reason"],
+                              namespace=ns, registry=registry)
+        for reason in CLOSE_REASONS:
+            self.closed.labels(reason=reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,20 @@
-"""The observer: poll results and the few other events of a source into metrics and log lines.
+"""The observer: poll results, and the few other events of the sources, into metrics and log lines.
 
 Nothing else counts or logs a poll's outcome, so the `result` values, the
 outage lines (one when it starts, a reminder at most every
 OUTAGE_REMINDER_SECONDS, a new failure reason once per outage, one on
-recovery) and the series each poll touches are decided here, once.
+recovery), the series each poll touches and the lines of a SOURCES_FILE
+reload are decided here, once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sensor_sd.config import Source
+from sensor_sd.sources import Source
 from sensor_sd.log import event
 from sensor_sd.metrics import Metrics, SourceMetrics
 from sensor_sd.poller import PollResult, Result, describe_fault
@@ -180,6 +181,25 @@ class Observer:
         o.failures = 0
         o.since = o.reminded = None
         o.reasons.clear()
+
+    def reload_refused(self, trigger: str, error: str, *, running: int) -> None:
+        """SOURCES_FILE could not be used: counted, one ERROR line; the running sources stay."""
+        self._metrics.sources_reloads.labels(result="failure").inc()
+        self._metrics.sources_reload_ok.set(0)
+        event(self._log, logging.ERROR, "sources file refused, running sources kept", trigger=trigger,
+              error=error, sources=running)
+
+    def reloaded(self, trigger: str, total: int, added: Sequence[str] | None = None,
+                 changed: Sequence[str] = (), removed: Sequence[str] = ()) -> None:
+        """SOURCES_FILE applied; `added` None: its bytes had not changed."""
+        self._metrics.sources_reloads.labels(result="success").inc()
+        self._metrics.sources_reload_ok.set(1)
+        if added is None:
+            event(self._log, logging.INFO, "sources file reloaded, no change", trigger=trigger)
+            return
+        event(self._log, logging.INFO, "sources file reloaded", trigger=trigger, sources=total,
+              added=len(added), changed=len(changed), removed=len(removed), added_names=list(added[:LOG_NAMES]),
+              changed_names=list(changed[:LOG_NAMES]), removed_names=list(removed[:LOG_NAMES]))
 
     def publish_failed(self, names: Iterable[str], exc: BaseException) -> None:
         """A bug of ours while publishing after these sources' polls: counted for each, the traceback logged once."""

@@ -1,7 +1,7 @@
 """One poll of one source: fetch, decode and validate, ask the drop guard; a typed `PollResult` out.
 
 Like a Prometheus discoverer's refresh, a poller neither logs nor counts nor
-publishes: it returns what happened, and the scheduler (`sync`) hands that to
+publishes: it returns what happened, and the scheduler (`scheduler.Discoverer`) hands that to
 the store (an applied list) and the observer (metrics, log lines). It keeps
 only what one source needs between polls: the cache validators, the drop
 guard, and the times and outcome the status page shows.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from sensor_sd.config import Source
+from sensor_sd.sources import Source
 from sensor_sd.decode import Validated, decode
 from sensor_sd.errors import InternalError, InventoryError
 from sensor_sd.guard import Decision, DropGuard

@@ -1,4 +1,6 @@
-"""SOURCES_FILE: many inventories (e.g. one per store) from a YAML or JSON file.
+"""The inventories to poll: `Source`, INVENTORY_URL's name=url list, and SOURCES_FILE.
+
+SOURCES_FILE holds many inventories (e.g. one per store) in a YAML or JSON file.
 
 Why a file and not a longer INVENTORY_URL: each source carries its own
 labels (`store`, `region`), credentials and interval, and the set changes
@@ -25,14 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from sensor_sd import checks
-from sensor_sd.config import SOURCE_NAME_RE, Source, check_url
 from sensor_sd.errors import ConfigError
 from sensor_sd.files import CA_FILE_LIMIT, TOKEN_FILE_LIMIT, UnreadableFile, read_regular
 
@@ -42,6 +45,114 @@ MAX_SOURCES = 100_000
 _KEYS = frozenset({"name", "url", "labels", "token_file", "ca_file", "interval"})
 _MIN_INTERVAL, _MAX_INTERVAL = 0.001, 86400.0
 _URL_ALLOWED = "an http(s) URL with a host"
+
+
+SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One inventory endpoint; `name` becomes the `source` label."""
+
+    name: str
+    url: str
+    # Set per source by SOURCES_FILE only (sensor_sd.sources); None/empty: the global settings apply.
+    labels: tuple[tuple[str, str], ...] = ()
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    interval: float | None = None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any user:password removed, safe to log and show."""
+        return redact_url(self.url)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, query values or fragment: safe to log, show or label.
+
+    Tokens often ride in the query string, so its values are masked too.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{port}" if port else "")
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+
+_ENCODE_HINT = "; percent-encode , / ? # @ in user:password"
+
+
+def parse_inventory_url(text: str) -> tuple[Source, ...]:
+    """INVENTORY_URL: one URL, or name=url,name=url; raises ValueError(allowed)."""
+    allowed = "an http(s) URL, or name=url,name=url with names of letters, digits, _ . -"
+    if "@" in text:
+        allowed += _ENCODE_HINT
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise ValueError(allowed)
+    sources: list[Source] = []
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = "", item
+        elif not name.strip():
+            raise ValueError(f"{allowed}; a name before '=' is never empty")
+        check_url(url, allowed)
+        if not name:
+            name = urlsplit(url).hostname or ""
+        if not SOURCE_NAME_RE.fullmatch(name):
+            raise ValueError(allowed)
+        if any(s.name == name for s in sources):
+            raise ValueError(f"distinct source names (duplicate {name!r})")
+        sources.append(Source(name, url))
+    return tuple(sources)
+
+
+def check_url(url: str, allowed: str) -> None:
+    if checks.CONTROL_RE.search(url) or " " in url:
+        raise ValueError(allowed)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(allowed) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(allowed)
+    if "@" in url[url.index("://") + 3 + len(parts.netloc):]:
+        # `http://u:12/x@h/`, `http://u:12#x@h/`: an unencoded password, cut at / ? or #, whose tail
+        # would end up in a path, query or fragment (and in logs); no inventory needs an @ there.
+        raise ValueError(f"{allowed} (an @ after the host)")
+
+
+# Where a new item of a raw INVENTORY_URL starts: `,url` or `,name=url`.
+_ITEM_START_RE = re.compile(r",\s*(?:[A-Za-z0-9_.-]*=)?https?://", re.IGNORECASE)
+
+
+def redact_raw(text: str) -> str:
+    """A raw INVENTORY_URL with every user:password masked, for error lines; works on values that do not parse.
+
+    A password may hold unencoded `,` `/` `?` `#` (that is why the value is wrong): in each item the span
+    from `://` (or the item's start) to its last `@` is masked, so whatever precedes the host never shows.
+    """
+    cuts = [0] + [m.start() + 1 for m in _ITEM_START_RE.finditer(text)] + [len(text)]
+    out = []
+    for start, end in zip(cuts, cuts[1:]):
+        item = text[start:end]
+        at = item.rfind("@")
+        if at >= 0:
+            scheme = item.find("://")
+            begin = scheme + 3 if 0 <= scheme < at else item.find("=") + 1 if item.find("=") < at else 0
+            item = item[:begin] + "***" + item[at:]
+        out.append(item)
+    return "".join(out)
 
 
 class SourcesFileError(ConfigError):

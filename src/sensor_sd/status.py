@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sensor_sd.config import redact_url
+from sensor_sd.sources import redact_url
 from sensor_sd.poller import Result, SourceStatus
 from sensor_sd.store import CHANGE_NAMES, Change
 from sensor_sd.targets import Snapshot

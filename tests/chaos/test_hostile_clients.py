@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor_sd.server import RELEASE_EVERY_SECONDS
+from sensor_sd.web.connections import RELEASE_EVERY_SECONDS
 from localstack.config import Ports, StackConfig
 from localstack.net import LOOPBACK, http_get, wait_until
 from localstack.stack import Stack

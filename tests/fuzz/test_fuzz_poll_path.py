@@ -41,7 +41,7 @@ from sensor_sd.inventory import Client
 from sensor_sd.metrics import Metrics
 from sensor_sd.sim._common import start_app
 from localstack.net import free_port
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
 from tests.conftest import LoopThread
 from tests.fuzz.test_fuzz_parser import bodies, entries, oracle
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.helpers import ETAG_ANY
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sensor_sd.checks import type_name
@@ -384,10 +385,8 @@ def parse_fault(body: Any) -> Fault:
 
 def _not_modified(request: web.Request, state: Store) -> bool:
     """RFC 9110 evaluation: If-None-Match wins; If-Modified-Since only when it is absent."""
-    inm = request.headers.get("If-None-Match")
-    if inm is not None:
-        tags = [t.strip() for t in inm.split(",")]
-        return "*" in tags or any(t.removeprefix("W/") == state.etag for t in tags)
+    if "If-None-Match" in request.headers:  # aiohttp's parser; weak comparison
+        return any(t.value == ETAG_ANY or f'"{t.value}"' == state.etag for t in request.if_none_match or ())
     ims = request.if_modified_since
     return ims is not None and ims.timestamp() >= state.last_modified
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sensor_sd.errors import PublishError
-from sensor_sd.publish import FilePublisher, LockHeld, write_atomic
+from sensor_sd.publish.file import FilePublisher, LockHeld, write_atomic
 
 
 def test_creates_directory_and_writes(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path) -> None:
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from sensor_sd.publish import FilePublisher\n"
+        "import sys; from pathlib import Path; from sensor_sd.publish.file import FilePublisher\n"
         f"FilePublisher(Path({str(tmp_path / 't.json')!r})).claim(); print('locked', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

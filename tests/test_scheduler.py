@@ -22,7 +22,7 @@ from sensor_sd import config
 from sensor_sd.inventory import Client, OneShotClient
 from sensor_sd.metrics import Metrics
 from sensor_sd.sim.inventory import make_app
-from sensor_sd.sync import Discoverer
+from sensor_sd.scheduler import Discoverer
 from tests.conftest import Records
 
 LOG = logging.getLogger("sensor_sd.test")
@@ -325,7 +325,7 @@ def recording_logger(name: str) -> tuple[logging.Logger, Records]:
 @pytest.mark.parametrize("failures", [1, 1_024, 1_025, 1_100, 10**6, 10**12])
 @pytest.mark.parametrize("interval", [0.001, 30.0, 86_400.0])
 def test_backoff_stays_finite_and_capped_by_the_interval(interval: float, failures: int) -> None:
-    from sensor_sd.sync import backoff_delay
+    from sensor_sd.scheduler import backoff_delay
 
     delays = [backoff_delay(interval, failures) for _ in range(50)]
     assert all(0 < d <= interval for d in delays)

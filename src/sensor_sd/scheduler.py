@@ -20,15 +20,16 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from sensor_sd import sources
-from sensor_sd.config import Settings, Source
+from sensor_sd.config import Settings
+from sensor_sd.sources import Source
 from sensor_sd.errors import ConfigError
 from sensor_sd.guard import DropGuard
 from sensor_sd.inventory import Client
 from sensor_sd.log import event
 from sensor_sd.metrics import Metrics
-from sensor_sd.observe import LOG_NAMES, Observer
+from sensor_sd.observe import Observer
 from sensor_sd.poller import GOOD, Poller, PollResult, Result, SourceStatus
-from sensor_sd.publish import FileOutput
+from sensor_sd.publish.file import FileOutput
 from sensor_sd.store import Change, Store
 from sensor_sd.decode import validate_targets
 from sensor_sd.targets import Snapshot, TargetGroup, group_labels
@@ -63,7 +64,6 @@ class Discoverer:
                  file: FileOutput | None = None) -> None:
         self.settings = settings
         self._client = client
-        self._metrics = metrics
         self._log = logger
         self._clock = clock
         self.observer = Observer(metrics, logger, confirmations=settings.drop_confirmations, clock=clock)
@@ -271,15 +271,10 @@ class Discoverer:
                 loaded = await asyncio.to_thread(sources.read, path)
                 sources.check_global_token(path, loaded.sources, self.settings.inventory_token_file)
             except ConfigError as exc:
-                self._metrics.sources_reloads.labels(result="failure").inc()
-                self._metrics.sources_reload_ok.set(0)
-                event(self._log, logging.ERROR, "sources file refused, running sources kept", trigger=trigger,
-                      error=str(exc), sources=len(self._states))
+                self.observer.reload_refused(trigger, str(exc), running=len(self._states))
                 return False
-            self._metrics.sources_reloads.labels(result="success").inc()
-            self._metrics.sources_reload_ok.set(1)
             if loaded.digest == self._sources_digest:
-                event(self._log, logging.INFO, "sources file reloaded, no change", trigger=trigger)
+                self.observer.reloaded(trigger, len(loaded.sources))
                 return True
             self._sources_digest = loaded.digest
             relabeled = self._apply_sources(loaded.sources, trigger)
@@ -325,9 +320,7 @@ class Discoverer:
             changed.append(source.name)
         self.settings = replace(self.settings, sources=new_sources)
         self._client.forget_cached()
-        event(self._log, logging.INFO, "sources file reloaded", trigger=trigger, sources=len(new_sources),
-              added=len(added), changed=len(changed), removed=len(retired), added_names=added[:LOG_NAMES],
-              changed_names=changed[:LOG_NAMES], removed_names=retired[:LOG_NAMES])
+        self.observer.reloaded(trigger, len(new_sources), added, changed, retired)
         return relabeled
 
     async def _retire_step(self, st: _SourceState) -> bool:
