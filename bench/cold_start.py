@@ -3,6 +3,9 @@
 
     python bench/cold_start.py                 # 100 hosts, 15 rounds -> bench/out/cold-start.md
     python bench/cold_start.py --runs 5 --hosts 1000
+    python bench/cold_start.py --ref <commit>  # also `once` from that commit's src/, in the same rounds
+
+`make bench` runs it too (section 6 of docs/BENCHMARKS.md, and its goal row).
 
 A one-shot sync at small sizes is mostly interpreter start and imports, so
 this is where a heavy import shows. Each round runs every command once, in
@@ -23,10 +26,15 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import OUT, PY, REPO, SEED, Inventory, Table, min_med, rel, run_measured, sd_argv, sd_env  # noqa: E402
+
+
+SEED_ROW = f"seed design (`{rel(SEED)}`)"
+ONCE_ROW = "`sensor-sd once`, first sync"
 
 
 def _importtime(argv: list[str], env: dict[str, str], top: int) -> list[tuple[str, int, float]]:
@@ -62,17 +70,11 @@ def _export_src(ref: str, into: Path) -> Path:
     return into / "src"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=15, help="rounds (each runs every command once)")
-    ap.add_argument("--hosts", type=int, default=100, help="sensors in the inventory simulator")
-    ap.add_argument("--out", type=Path, default=OUT / "cold-start.md", help="Markdown report")
-    ap.add_argument("--ref", help="also time `once` from this git commit's src/ (e.g. a commit before a change)")
-    args = ap.parse_args(argv)
-    started = datetime.datetime.now(datetime.timezone.utc)
+def run(runs: int, hosts: int, ref: str | None = None) -> dict[str, Any]:
+    """The two tables, and the medians of the seed and of `once` (the goal compares them)."""
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         d = Path(tmp)
-        inv = Inventory(args.hosts, d / "logs")
+        inv = Inventory(hosts, d / "logs")
         try:
             target = d / "targets.json"
             # Bytecode cached, as in an installed package (pip compiles it): a private cache, filled by the
@@ -83,17 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             cached, env_cached = ({**_without_flag(e), **cache} for e in (os.environ, env))
             commands = {
                 "interpreter alone (`python -c pass`)": ([PY, "-c", "pass"], cached),
-                f"seed design (`{rel(SEED)}`)": ([PY, str(SEED), inv.url, str(d / "seed.json")], cached),
-                "`sensor-sd once`, first sync": (sd_argv("once"), env_cached),
+                SEED_ROW: ([PY, str(SEED), inv.url, str(d / "seed.json")], cached),
+                ONCE_ROW: (sd_argv("once"), env_cached),
                 "`sensor-sd check` (file exists)": (sd_argv("check"), env_cached),
                 "`sensor-sd once`, no bytecode cache (sources compiled each run)":
                     (sd_argv("once"), {**env, "PYTHONDONTWRITEBYTECODE": "1"}),
             }
-            if args.ref:
-                commands[f"`sensor-sd once` at {args.ref}, first sync"] = (
-                    sd_argv("once"), {**env_cached, "PYTHONPATH": str(_export_src(args.ref, d / "ref"))})
+            if ref:
+                commands[f"`sensor-sd once` at {ref}, first sync"] = (
+                    sd_argv("once"), {**env_cached, "PYTHONPATH": str(_export_src(ref, d / "ref"))})
             times: dict[str, list[float]] = {name: [] for name in commands}
-            for rnd in range(args.runs + 1):
+            for rnd in range(runs + 1):
                 for name, (cmd, cmd_env) in commands.items():
                     if "once" in name:
                         target.unlink(missing_ok=True)
@@ -107,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             inv.stop()
 
-    seed_name = next(n for n in commands if n.startswith("seed"))
-    seed_median = min_med(times[seed_name])[1]
-    wall = Table(f"Cold start at {args.hosts} hosts: whole-process wall time in seconds ({args.runs} rounds)",
+    seed_median = min_med(times[SEED_ROW])[1]
+    wall = Table(f"Cold start at {hosts} hosts: whole-process wall time in seconds ({runs} rounds)",
                  ["command", "min", "median", "median ÷ seed's"])
     for name, values in times.items():
         low, mid = min_med(values)
@@ -122,8 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, count, ms in imports:
         top.add(name, count, ms)
     top.notes.append("Under -X importtime every import is slower than in the timed runs; compare rows, not totals.")
+    return {"tables": [wall, top], "hosts": hosts, "seed": seed_median, "once": min_med(times[ONCE_ROW])[1]}
 
-    for t in (wall, top):
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15, help="rounds (each runs every command once)")
+    ap.add_argument("--hosts", type=int, default=100, help="sensors in the inventory simulator")
+    ap.add_argument("--out", type=Path, default=OUT / "cold-start.md", help="Markdown report")
+    ap.add_argument("--ref", help="also time `once` from this git commit's src/ (e.g. a commit before a change)")
+    args = ap.parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    tables = run(args.runs, args.hosts, args.ref)["tables"]
+    for t in tables:
         print(t.text(), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python bench/cold_start.py", *(sys.argv[1:] if argv is None else argv)])
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Cold start",
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M} UTC; a shared machine, so read the medians "
         "side by side rather than as absolutes.",
-        *(f"## {t.title}\n\n{t.markdown()}" + "".join(f"\n\n{n}" for n in t.notes) for t in (wall, top)),
+        *(f"## {t.title}\n\n{t.markdown()}" + "".join(f"\n\n{n}" for n in t.notes) for t in tables),
     ]) + "\n")
     print(f"wrote {rel(args.out)}")
     return 0

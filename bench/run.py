@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cold_start  # noqa: E402
 import http_sd  # noqa: E402
 import idle  # noqa: E402
 import propagation  # noqa: E402
@@ -47,15 +48,16 @@ class Plan:
     changes: int
     gap: tuple[float, float]
     slow_interval: str
+    cold_runs: int
 
 
 PLANS = {
     "full": Plan("full", [100, 10_000, 100_000, 1_000_000], 5, 1_000_000, 60.0, [100, 100_000], [1, 16, 64], 8.0,
-                 True, 24, (1.0, 7.0), "30"),
+                 True, 24, (1.0, 7.0), "30", 21),
     "quick": Plan("quick", [100, 10_000, 100_000], 5, 100_000, 15.0, [100, 100_000], [1, 16, 64], 2.0,
-                  True, 6, (0.5, 3.0), "30"),
+                  True, 6, (0.5, 3.0), "30", 11),
     # Smoke: each code path once at tiny sizes; propagation with a short "slow" interval so it takes seconds.
-    "smoke": Plan("smoke", [100], 1, 100, 2.0, [100], [1], 1.0, False, 1, (0.1, 0.2), "2"),
+    "smoke": Plan("smoke", [100], 1, 100, 2.0, [100], [1], 1.0, False, 1, (0.1, 0.2), "2", 2),
 }
 
 
@@ -91,7 +93,7 @@ def _goals(res: dict[str, Any], plan: Plan) -> Table:
         t.add(f"peak RSS at {lbl} ≤ 150 MB (`sensor-sd once`, first sync){scale}", f"{s['first_rss_mib']:.0f} MiB "
               f"(file exists: {s['exist_rss_mib']:.0f} MiB; daemon: {s['daemon_rss_mib']:.0f} MiB)", verdict(ok),
               "" if ok else "1M targets are 1M Python str objects (one per target, the port included) plus the "
-              f"rendered body and the interpreter with aiohttp/prometheus_client ({sync[min(sync)]['first_rss_mib']:.0f}"
+              f"rendered body and the interpreter ({sync[min(sync)]['first_rss_mib']:.0f}"
               f" MiB at {size_label(min(sync))} hosts); with a previous generation (file loaded, or a daemon's last "
               "known good) two generations are alive during the diff")
     if "idle" in res:
@@ -142,6 +144,13 @@ def _goals(res: dict[str, Any], plan: Plan) -> Table:
                 t.add(f"for reference, not a goal: the peer stressed with a 1 s cache refresh, {size_label(big_n)} "
                       "targets", f"{min(good):.0f}× to {max(good):.0f}× against its 2xx answers (mostly 500s)",
                       verdict(None), "its cache file is rewritten under its readers every second")
+    if "cold" in res:
+        c = res["cold"]
+        ok = c["once"] <= c["seed"]
+        t.add(f"whole-process `sensor-sd once` at {c['hosts']} hosts no slower than the seed design's (medians of "
+              "interleaved rounds)", f"{c['once']:.3f} s vs {c['seed']:.3f} s ({c['once'] / c['seed']:.2f}×)",
+              verdict(ok), "" if ok else "interpreter start and imports (see the import table in section 6); "
+              "the two are within the machine's noise of each other")
     if "prop" in res and res["prop"].get("stats"):
         st = res["prop"]["stats"].get("refresh")
         ok = st is not None and st["p95"] <= 5.5
@@ -169,7 +178,8 @@ def _doc(plan: Plan, res: dict[str, Any], facts: dict[str, str], started: dateti
                 ("3. http_sd serving", [t for t in (res["http"]["table"], res["http"].get("stressed_table")) if t]
                  if "http" in res else []),
                 ("4. Propagation to a real Prometheus", [res["prop"]["table"]] if res.get("prop", {}).get("table") else []),
-                ("5. Profile of the largest sync", res.get("profile_tables", []))]
+                ("5. Profile of the largest sync", res.get("profile_tables", [])),
+                ("6. Cold start: `sensor-sd once` against the seed design, interleaved", res.get("cold", {}).get("tables", []))]
     for title, tables in sections:
         out += [f"## {title}", ""]
         if not tables:
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="up to 100k hosts, short windows (a few minutes)")
     g.add_argument("--smoke", action="store_true", help="seconds: every code path at tiny sizes, no doc written")
-    p.add_argument("--only", default="sync,idle,http,prop", help="comma-separated sections (default: all)")
+    p.add_argument("--only", default="sync,idle,http,prop,cold", help="comma-separated sections (default: all)")
     p.add_argument("--doc", type=Path, default=None,
                    help="report file (default: docs/BENCHMARKS.md for the full plan, bench/out/ for the quick one)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default bench/out/<plan>)")
@@ -259,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     if "prop" in only:
         print("(4) propagation ...", flush=True)
         res["prop"] = propagation.run(plan.changes, plan.gap, workdir, plan.slow_interval)
+    if "cold" in only:
+        print("(6) cold start ...", flush=True)
+        res["cold"] = cold_start.run(plan.cold_runs, 100)
     res["goals"] = _goals(res, plan)
     tables: list[Table] = [*res.get("sync", {}).get("tables", []), *res.get("profile_tables", [])]
     tables += [res[k]["table"] for k in ("idle", "http", "prop") if k in res and res[k].get("table")]
+    tables += res.get("cold", {}).get("tables", [])
     tables.append(res["goals"])
     print()
     for tab in tables:
