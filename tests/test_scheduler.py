@@ -7,6 +7,7 @@ Each test runs one event loop with the simulator (aiohttp TestServer on
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -233,6 +234,52 @@ def test_restart_while_inventory_down_keeps_targets(tmp_path: Path) -> None:
         d, [r] = await sync_once(env, INVENTORY_URL="inv=http://127.0.0.1:1/inventory")
         assert r.result == "error"
         assert d.snapshot is not None and d.snapshot.count == 100
+
+    run(t, tmp_path)
+
+
+def test_a_loaded_file_unlike_its_snapshot_is_rewritten_at_the_first_good_poll(tmp_path: Path) -> None:
+    """The file read at start may hold what is no longer served: an entry today's rules drop, labels changed
+    since (TARGET_LABELS), a source no longer configured. The snapshot was right at once, but with the inventory
+    unchanged nothing was published: file_sd kept the old file while http_sd served the new snapshot."""
+    async def t(env: Env) -> None:
+        await sync_once(env)  # the file: the inventory's 100 targets
+        path = env.tmp / "targets.json"
+        groups = orjson.loads(path.read_bytes())
+        groups[0]["targets"].append("bad host:9100")
+        groups.append({"targets": ["elsewhere:9100"], "labels": {"source": "gone"}})
+        path.write_bytes(orjson.dumps(groups))
+        s = env.settings(TARGET_LABELS="team=ops", UPDATE_INTERVAL="0.05")
+        metrics = Metrics(CollectorRegistry())
+        stop = asyncio.Event()
+        async with Client(s) as client:
+            d = Discoverer(s, client, metrics, LOG)
+            assert d.load_file()
+            task = asyncio.create_task(d.run(stop))
+            deadline = asyncio.get_running_loop().time() + 10
+            await while_running(task, deadline, "a poll", lambda: sample(
+                metrics, "sensor_sd_syncs_total", source="inv", result="unchanged") >= 1)
+            await while_running(task, deadline, "the file rewritten from the snapshot",
+                                lambda: path.read_bytes() == d.snapshot.body)
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert sample(metrics, "sensor_sd_syncs_total", source="inv", result="success") == 0  # nothing new came
+        [group] = orjson.loads(path.read_bytes())
+        assert group["labels"] == {"__metrics_path__": "/metrics", "source": "inv", "team": "ops"}
+        assert len(group["targets"]) == 100 and "bad host:9100" not in group["targets"]
+
+    run(t, tmp_path)
+
+
+def test_a_loaded_file_like_its_snapshot_is_not_rewritten(tmp_path: Path) -> None:
+    async def t(env: Env) -> None:
+        await sync_once(env)
+        path = env.tmp / "targets.json"
+        before = os.stat(path)
+        d, [r] = await sync_once(env)
+        assert r.result == "unchanged"
+        after = os.stat(path)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     run(t, tmp_path)
 

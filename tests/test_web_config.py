@@ -197,6 +197,73 @@ def test_unreadable_and_huge_files(tmp_path: Path) -> None:
         load_web_config(big)
 
 
+# Builds the TLS context in a child (a blocked open() would hang the test's own process) and prints the error.
+# It calls tls_context directly: the web config's key check refuses a FIFO by its path already, but the
+# path can be swapped for one between that check and the read (a Kubernetes secret volume swaps links).
+_BUILD = ("import sys\nfrom pathlib import Path\nfrom sensor_sd.web.tls import TLSServerConfig, tls_context\n"
+          "cert, key, ca = (Path(a) for a in sys.argv[1:4])\ntry:\n"
+          "    tls_context(TLSServerConfig(cert_file=cert, key_file=key, client_ca_file=ca,"
+          " client_auth_type='RequireAndVerifyClientCert'))\n"
+          "except ValueError as exc:\n    print(exc)\n    raise SystemExit(3)\nprint('built')\n")
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))  # an unbounded read fails fast
+
+
+@pytest.mark.parametrize("bad", ["fifo", "/dev/zero", "directory", "one byte over the cap", None])
+@pytest.mark.parametrize(("key", "cap"), [("cert_file", 1024**2), ("key_file", 1024**2), ("client_ca_file", 16 * 1024**2)])
+def test_a_pem_file_that_is_not_a_bounded_regular_file_is_refused_at_once(tls_dir: Path, key: str, cap: int,
+                                                                          bad: str | None) -> None:
+    """OpenSSL opened the path itself: a FIFO hung the start for ever, /dev/zero was read until memory ran out,
+    and a certificate or key file had no size cap."""
+    files = {"cert_file": tls_dir / "cert.pem", "key_file": tls_dir / "key.pem", "client_ca_file": tls_dir / "ca.pem"}
+    if bad == "fifo":
+        files[key], reason = tls_dir / "pipe", "a FIFO, not a regular file"
+        os.mkfifo(files[key])
+    elif bad == "/dev/zero":
+        files[key], reason = Path(bad), "a character device, not a regular file"
+    elif bad == "directory":
+        files[key], reason = tls_dir, "a directory, not a regular file"
+    elif bad is not None:
+        files[key], reason = tls_dir / "big.pem", f"{cap + 1} bytes, larger than the {cap} allowed"
+        files[key].write_bytes(b"#" * (cap + 1))
+    out = subprocess.run([sys.executable, "-c", _BUILD, *map(str, files.values())], capture_output=True, text=True,
+                         timeout=30, preexec_fn=_limit_memory)
+    if bad is None:  # the same files, all good: the child can succeed, so a refusal above is the file's doing
+        assert (out.returncode, out.stdout) == (0, "built\n"), out.stderr[-800:]
+    else:
+        assert out.returncode == 3, out.stderr[-800:]
+        assert out.stdout == f"tls_server_config.{key}: {reason}\n"
+
+
+def test_an_oversized_certificate_is_refused_through_the_web_config(tls_dir: Path) -> None:
+    big = tls_dir / "big.pem"
+    big.write_bytes((tls_dir / "cert.pem").read_bytes() + b"#" * 1024**2)  # a regular file: the key check passes it
+    with pytest.raises(ValueError, match=r"^tls_server_config\.cert_file: \d+ bytes, larger than the 1048576 allowed$"):
+        load_web_config(write(tls_dir, "tls_server_config:\n  cert_file: big.pem\n  key_file: key.pem\n"))
+
+
+def test_pem_files_are_copied_privately_and_the_copies_removed(tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    made: list[str] = []
+    real = tempfile.TemporaryDirectory
+
+    def recording(*args: object, **kwargs: object) -> tempfile.TemporaryDirectory[str]:
+        tmp = real(*args, **kwargs)  # type: ignore[call-overload]
+        made.append(tmp.name)
+        return tmp  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    config = load_web_config(write(tls_dir, "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+                                            "  client_ca_file: ca.pem\n  client_auth_type: VerifyClientCertIfGiven\n"))
+    assert config.ssl_context is not None
+    assert made and not any(Path(d).exists() for d in made)
+
+
 @pytest.mark.parametrize("via_flag", [False, True])
 def test_run_with_bad_web_config_exits_2_naming_it(tmp_path: Path, via_flag: bool) -> None:
     path = write(tmp_path, "basic_auth_users:\n  alice: not-a-hash\n")

@@ -1,4 +1,4 @@
-"""Bounded reads of operator-named files (token, CA bundle, web config, targets file).
+"""Bounded reads of operator-named files (token, CA bundle, web config and its PEM files, targets file).
 
 A path in a variable may name anything: a FIFO blocks `open()` until a writer
 comes, `/dev/zero` never ends, a directory or a socket cannot be read. Such a
@@ -17,6 +17,7 @@ from pathlib import Path
 TOKEN_FILE_LIMIT = 64 * 1024
 CA_FILE_LIMIT = 16 * 1024 * 1024  # a full system bundle is ~0.2 MiB
 WEB_CONFIG_LIMIT = 1024 * 1024
+PEM_FILE_LIMIT = 1024 * 1024  # the web config's certificate chain or key: a few KiB
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))

@@ -140,7 +140,7 @@ class Discoverer:
                 self.observer.loaded(group.source, validated, str(self._file.path))
                 self.store.put(TargetGroup(group.source, validated.targets, st.labels))
                 loaded += len(validated.targets)
-        self.store.seed()
+        self.store.seed(self._file.publisher.written)
         event(self._log, logging.INFO, "loaded targets file as last known good", file=str(self._file.path),
               targets=loaded)
         return True

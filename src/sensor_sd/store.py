@@ -90,10 +90,15 @@ class Store:
         """Groups in order of source name, whatever the order of the configuration: replicas render the same bytes."""
         return tuple(group for _, group in sorted(self._groups.items()))
 
-    def seed(self) -> None:
-        """Build the snapshot from the groups without publishing (the targets file loaded at start)."""
+    def seed(self, current: bytes | None = None) -> None:
+        """Build the snapshot from the groups without publishing (the targets file loaded at start).
+
+        `current` is what the file holds. When the snapshot differs from it (an entry today's rules
+        drop, labels changed since, a source no longer configured), a publish is due, so the first
+        good poll rewrites the file even when the inventory has not changed.
+        """
         self._snapshot = Snapshot.build(self._ordered())
-        self._behind = False
+        self._behind = current is not None and current != self._snapshot.body
 
     async def publish(self) -> Snapshot | None:
         """Build the snapshot from every group (when they changed) and hand it to each subscriber."""

@@ -253,6 +253,11 @@ class FilePublisher:
         self._remember(data)
         return data
 
+    @property
+    def written(self) -> bytes | None:
+        """The bytes we last wrote or loaded; None before either."""
+        return self._written.data if self._written is not None else None
+
     def changed_under_us(self) -> bool:
         """True when the file we last wrote is gone or is not what we wrote (cheap: one stat)."""
         return self._written is not None and _identity(self.path) != self._written.identity

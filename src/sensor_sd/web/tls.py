@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sensor_sd.files import CA_FILE_LIMIT, PEM_FILE_LIMIT, UnreadableFile, read_regular
+
 VERSIONS: Mapping[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
@@ -65,16 +67,21 @@ def tls_context(tls: TLSServerConfig) -> ssl.SSLContext:
         ctx.maximum_version = VERSIONS[tls.max_version]
     except ValueError as exc:
         raise ValueError(f"tls_server_config: TLS versions {tls.min_version}..{tls.max_version} ({exc})") from None
-    try:
-        _load_chain(ctx, tls)
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(f"tls_server_config: certificate and key cannot be loaded together ({_ssl_reason(exc)})") from None
-    if tls.client_ca_file or tls.client_ca:
+    with tempfile.TemporaryDirectory(prefix="sensor-sd-tls-") as tmp:
         try:
-            ctx.load_verify_locations(cafile=str(tls.client_ca_file) if tls.client_ca_file else None,
-                                      cadata=tls.client_ca)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ValueError(f"tls_server_config: client CA cannot be loaded ({_ssl_reason(exc)})") from None
+            cert = _private_copy(tmp, "cert.pem", "cert_file", tls.cert_file, tls.cert, PEM_FILE_LIMIT)
+            key = _private_copy(tmp, "key.pem", "key_file", tls.key_file, tls.key, PEM_FILE_LIMIT)
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"tls_server_config: certificate and key cannot be loaded together ({_ssl_reason(exc)})"
+                             ) from None
+        ca = _private_copy(tmp, "ca.pem", "client_ca_file", tls.client_ca_file, None, CA_FILE_LIMIT) \
+            if tls.client_ca_file else None
+        if ca or tls.client_ca:
+            try:
+                ctx.load_verify_locations(cafile=ca, cadata=tls.client_ca)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"tls_server_config: client CA cannot be loaded ({_ssl_reason(exc)})") from None
     ctx.verify_mode = CLIENT_AUTH[tls.client_auth_type]
     suites = [CIPHERS[s] for s in tls.cipher_suites if s in CIPHERS]
     if suites:
@@ -87,26 +94,29 @@ def tls_context(tls: TLSServerConfig) -> ssl.SSLContext:
     return ctx
 
 
-def _load_chain(ctx: ssl.SSLContext, tls: TLSServerConfig) -> None:
-    """load_cert_chain reads files only: inline PEM goes through a private temp dir, removed at once."""
-    if tls.cert is None and tls.key is None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        return
-    with tempfile.TemporaryDirectory(prefix="sensor-sd-tls-") as tmp:
-        cert, key = str(tls.cert_file or ""), str(tls.key_file or "")
-        if tls.cert is not None:
-            cert = os.path.join(tmp, "cert.pem")
-            _write_private(cert, tls.cert)
-        if tls.key is not None:
-            key = os.path.join(tmp, "key.pem")
-            _write_private(key, tls.key)
-        ctx.load_cert_chain(cert, key)
+def _private_copy(tmp: str, name: str, key: str, path: Path | None, inline: str | None, limit: int) -> str:
+    """A private copy of one PEM (from its file, or inline) for OpenSSL, which reads files only.
+
+    The operator's file is read bounded and non-blocking (`files.read_regular`): OpenSSL would
+    wait for ever on a FIFO and read /dev/zero until memory ran out. ValueError names the key.
+    """
+    if inline is not None:
+        data = inline.encode()
+    else:
+        assert path is not None, f"{key}: the web config's checks require the file or its inline form"
+        try:
+            data = read_regular(path, limit)
+        except UnreadableFile as exc:
+            raise ValueError(f"tls_server_config.{key}: {exc}") from None
+    copy = os.path.join(tmp, name)
+    _write_private(copy, data)
+    return copy
 
 
-def _write_private(path: str, text: str) -> None:
+def _write_private(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _ssl_reason(exc: BaseException) -> str:
