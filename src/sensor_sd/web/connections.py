@@ -11,9 +11,7 @@ server behind `Connections`; `send` writes a large body within these bounds.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
-import gc
 import socket
 import struct
 import time
@@ -24,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from sensor_sd import memory
 from sensor_sd.metrics import HttpMetrics
 
 WRITE_TIMEOUT_SECONDS = 10.0
@@ -47,25 +46,6 @@ RELEASE_EVERY_SECONDS = 10.0
 _RECHECK_SECONDS = 0.05  # how often waiting connections look for a slot
 _OVER_LIMIT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
                b"Connection: close\r\nContent-Length: 39\r\n\r\ntoo many connections (WEB_MAX_CONNECTIONS)")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-    except OSError:
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def _release_memory() -> None:
-    """Hand the heap pages a crowd of connections left free back to the system: glibc keeps
-    freed pages inside its heap otherwise, and RSS would stay at the crowd's peak. The collection
-    first frees what aiohttp's per-connection reference cycles still hold (once per crowd)."""
-    gc.collect()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class _Conn:
@@ -213,7 +193,7 @@ class Connections:
         self._release = loop.call_later(delay, self._released)
 
     def _released(self) -> None:
-        _release_memory()
+        memory.release()
         self._release = None
         self._released_at = asyncio.get_running_loop().time()
 
