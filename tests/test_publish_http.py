@@ -111,3 +111,19 @@ def test_concurrent_requests_share_one_hashing_and_one_rendering(monkeypatch: py
         assert calls == {"hash": 2, "render": 5}
 
     asyncio.run(crowd())
+
+
+def test_a_shard_asked_for_while_an_older_snapshots_renders_uses_its_own_hashes() -> None:
+    """Two snapshots of as many targets, asked for in one loop turn (a new snapshot published while a request
+    for the old one was in flight): each shard must come from its own snapshot's hashes."""
+    old = Snapshot.build([TargetGroup("inv", tuple(f"old_{i}:9100" for i in range(500)), LABELS)])
+    new = Snapshot.build([TargetGroup("inv", tuple(f"new_{i}:9100" for i in range(500)), LABELS)])
+
+    async def both() -> tuple[http_sd.Body, http_sd.Body]:
+        out = http_sd.HttpOutput()
+        first, second = await asyncio.gather(out.body(old, (0, 2), False), out.body(new, (0, 2), False))
+        return first, second
+
+    for snap, body in zip((old, new), asyncio.run(both()), strict=True):
+        expected = [t for t in snap.groups[0].targets if hashmod(t, 2) == 0]
+        assert [t for g in orjson.loads(body.data) for t in g["targets"]] == expected

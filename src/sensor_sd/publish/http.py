@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sensor_sd.targets import Hashes, Snapshot, address_hashes, render, shard
 
@@ -70,40 +71,64 @@ class HttpOutput:
     """The bodies of `/targets` for the snapshot the server hands in."""
 
     def __init__(self) -> None:
-        self._shards = _ShardCache()
-        self._gzip = _GzipCache()
+        self._shards: _Shards | None = None  # the latest snapshot's; an older one's are never asked for again
+        self._gzip: _Shared[str, Body] = _Shared(_CACHE)
 
     async def body(self, snapshot: Snapshot, part: tuple[int, int] | None, gzipped: bool) -> Body:
-        body = Body(snapshot.body, snapshot.etag) if part is None else await self._shards.get(snapshot, *part)
+        if part is None:
+            body = Body(snapshot.body, snapshot.etag)
+        else:
+            if self._shards is None or self._shards.snapshot is not snapshot:
+                self._shards = _Shards(snapshot)
+            body = await self._shards.get(*part)
         if gzipped and len(body.data) >= _GZIP_MIN_BYTES:
-            body = await self._gzip.get(body)
+            plain = body
+            body = await self._gzip.get(plain.etag, lambda: asyncio.to_thread(_gzip_body, plain))
         return body
 
 
-class _ShardCache:
-    """Shard bodies of the current snapshot, rendered once per (shard, shards) from one hashing."""
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
-    def __init__(self) -> None:
-        self._snapshot: Snapshot | None = None
-        self._hashes: asyncio.Future[Hashes] | None = None
-        self._bodies: OrderedDict[tuple[int, int], asyncio.Future[Body]] = OrderedDict()
 
-    async def get(self, snapshot: Snapshot, index: int, total: int) -> Body:
-        if snapshot is not self._snapshot:
-            self._snapshot, self._hashes, self._bodies = snapshot, None, OrderedDict()
-        key = (index, total)
-        body = self._bodies.get(key)
-        if body is None or (body.done() and body.exception() is not None):
-            body = asyncio.ensure_future(self._render(snapshot, index, total))
-            self._bodies[key] = body
-            if len(self._bodies) > _CACHE:
-                self._bodies.popitem(last=False)
-        return await asyncio.shield(body)
+class _Shared(Generic[_K, _V]):
+    """The last `size` results by key, each made once and shared by the requests that ask meanwhile.
 
-    async def _render(self, snapshot: Snapshot, index: int, total: int) -> Body:
-        if self._hashes is None or (self._hashes.done() and self._hashes.exception() is not None):
-            self._hashes = asyncio.ensure_future(asyncio.to_thread(address_hashes, snapshot.groups))
-        hashes = await asyncio.shield(self._hashes)
+    A failed making is not kept: the next request makes it again.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._futures: OrderedDict[_K, asyncio.Future[_V]] = OrderedDict()
+
+    async def get(self, key: _K, make: Callable[[], Awaitable[_V]]) -> _V:
+        future = self._futures.get(key)
+        if future is None or (future.done() and future.exception() is not None):
+            future = asyncio.ensure_future(make())
+            self._futures[key] = future
+            if len(self._futures) > self._size:
+                self._futures.popitem(last=False)
+        return await asyncio.shield(future)
+
+
+class _Shards:
+    """One snapshot's shard bodies: its addresses hashed once, each (shard, shards) rendered once.
+
+    Everything here belongs to `snapshot`, so a rendering still running for an older snapshot
+    can never hand its hashes to a newer one's shards.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._hashes: _Shared[None, Hashes] = _Shared(1)
+        self._bodies: _Shared[tuple[int, int], Body] = _Shared(_CACHE)
+
+    async def get(self, index: int, total: int) -> Body:
+        return await self._bodies.get((index, total), lambda: self._render(index, total))
+
+    async def _render(self, index: int, total: int) -> Body:
+        snapshot = self.snapshot
+        hashes = await self._hashes.get(None, lambda: asyncio.to_thread(address_hashes, snapshot.groups))
         data = await asyncio.to_thread(_render_shard, snapshot, hashes, index, total)
         return Body(data, f'{snapshot.etag[:-1]}-{index}-{total}"')
 
@@ -112,26 +137,8 @@ def _render_shard(snapshot: Snapshot, hashes: Hashes, index: int, total: int) ->
     return render(shard(snapshot.groups, index, total, hashes))
 
 
-class _GzipCache:
-    """gzip copies of the last few bodies, compressed once in a thread.
-
-    Prometheus' Go HTTP client asks for gzip; a 100k-target body shrinks
-    from 2 MB to well under 200 KB, which is what bounds serving latency.
-    """
-
-    def __init__(self) -> None:
-        self._bodies: OrderedDict[str, asyncio.Future[Body]] = OrderedDict()
-
-    async def get(self, body: Body) -> Body:
-        future = self._bodies.get(body.etag)
-        if future is None or (future.done() and future.exception() is not None):
-            future = asyncio.ensure_future(asyncio.to_thread(_gzip_body, body))
-            self._bodies[body.etag] = future
-            if len(self._bodies) > _CACHE:
-                self._bodies.popitem(last=False)
-        return await asyncio.shield(future)
-
-
 def _gzip_body(body: Body) -> Body:
+    """A gzip copy, made once per body: Prometheus' Go HTTP client asks for gzip, and a 100k-target
+    body shrinks from 2 MB to well under 200 KB, which is what bounds serving latency."""
     # mtime=0: identical bodies give identical bytes; level 6 is 10x smaller on target lists.
     return Body(gzip.compress(body.data, compresslevel=6, mtime=0), f'{body.etag[:-1]}-gzip"', gzip=True)
